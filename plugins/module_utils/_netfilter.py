@@ -18,9 +18,10 @@ It is split the way the rest of the collection is:
   writes with ``<variant>-restore`` through an injected command runner.
 
 The file imports nothing outside the standard library on purpose: the
-transparent_proxy role copies it to managed hosts, where a systemd one-shot runs
-it as ``python3 hostmesh_netfilter.py apply --config FILE`` to restore the rules
-at boot with exactly the logic the module uses (no Ansible on the host).
+transparent_proxy role copies it to managed hosts next to a small wrapper
+(``hostmesh-redirect.py apply --config FILE``) that a systemd one-shot runs to
+restore the rules at boot with exactly the logic the module uses (no Ansible on
+the host).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
@@ -182,7 +182,7 @@ def parse_port_spec(option: str, value) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(option, value, "must be a port (80) or a range (8000-8080)")
     parts = re.split(r"[-:]", value.strip())
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0].isdigit():
         return str(parse_port(option, parts[0]))
     if len(parts) != 2:
         raise ConfigError(option, value, "must be a port (80) or a range (8000-8080)")
@@ -234,7 +234,7 @@ def parse_mark(option: str, value) -> str:
     if isinstance(value, bool) or value is None:
         raise ConfigError(option, value, "must be a mark such as 0x1 or 0x10/0xff")
     text = str(value).strip()
-    mark_text, _, mask_text = text.partition("/")
+    mark_text, dummy, mask_text = text.partition("/")
     mark = _as_int(option, mark_text, 0, 0xFFFFFFFF) if mark_text else None
     if mark is None:
         raise ConfigError(option, value, "must be a mark such as 0x1 or 0x10/0xff")
@@ -557,7 +557,7 @@ def parse_save(text: str) -> dict:
         elif current is None:
             raise NetfilterError(f"unexpected line outside a table in iptables-save output: {line}")
         elif line.startswith(":"):
-            name, _, rest = line[1:].partition(" ")
+            name, dummy, rest = line[1:].partition(" ")
             current.chains[name] = rest.split(" ", 1)[0] if rest else "-"
         elif line.startswith("-A "):
             current.rules.append(line)
@@ -988,7 +988,7 @@ class RedirectManager:
                 self.netfilter.restore(variant, result.plan.restore)
                 # Verify by reading back: catches a concurrent writer and any
                 # difference between how we render and how this iptables prints.
-                _, dump = self.netfilter.read(variant, result.family)
+                dump = self.netfilter.read(variant, result.family)[1]
                 live = owned_view(dump, self.config)
                 after = result.plan.after
                 if not (sorted(live.chains) == sorted(after.chains) and _same_rules(live.rules, after.rules)
@@ -1001,7 +1001,7 @@ class RedirectManager:
     def rules_document(self) -> str:
         rules = {r.family: r.plan.after.lines() for r in self.results}
         document = {
-            "comment": "Managed by hostmesh.sidecar.traffic_redirect; restored at boot by hostmesh_netfilter.py",
+            "comment": "Managed by hostmesh.sidecar.traffic_redirect; restored at boot by hostmesh-redirect.py",
             "config": self.config.to_json(),
             "variants": {r.family: r.variant for r in self.results},
             "rules": rules,
@@ -1089,12 +1089,18 @@ def load_rules_file(path: str) -> RedirectConfig:
     return config_from_params(document["config"])
 
 
-def cli(argv=None) -> int:
+def run_cli(argv) -> tuple:
+    """The host-side command, as (exit code, stdout, stderr).
+
+    Printing and exiting are left to the small wrapper the transparent_proxy
+    role installs (hostmesh-redirect.py), so that this file stays a plain
+    module_utils file.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="hostmesh_netfilter",
-        description="Apply, remove or show hostmesh.sidecar's redirect rules from a rules file "
+        prog="hostmesh-redirect",
+        description="Apply, remove or check hostmesh.sidecar's redirect rules from a rules file "
                     "written by the traffic_redirect module.")
     parser.add_argument("action", choices=("apply", "remove", "check"),
                         help="apply: make the live rules match the file; remove: delete every owned chain and rule; "
@@ -1102,24 +1108,18 @@ def cli(argv=None) -> int:
     parser.add_argument("--config", required=True, help="rules file written by traffic_redirect (rules_file option)")
     args = parser.parse_args(argv)
 
+    warnings = []
     try:
         config = load_rules_file(args.config)
         data = config.to_json()
-        data["rules_file"] = None  # the CLI never rewrites the file it reads
+        data["rules_file"] = None  # the command never rewrites the file it reads
         if args.action == "remove":
             data["state"] = "absent"
         config = config_from_params(data)
-        manager = RedirectManager(config, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
-                                  check_mode=args.action == "check")
+        manager = RedirectManager(config, warn=warnings.append, check_mode=args.action == "check")
         summary = manager.run()
     except (ConfigError, NetfilterError, OSError, ValueError, KeyError) as exc:
-        print(f"hostmesh_netfilter: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    if args.action == "check" and summary["changed"]:
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+        return 2, "", "".join(f"warning: {w}\n" for w in warnings) + f"hostmesh-redirect: {exc}\n"
+    stderr = "".join(f"warning: {w}\n" for w in warnings)
+    rc = 1 if args.action == "check" and summary["changed"] else 0
+    return rc, json.dumps(summary, indent=2, sort_keys=True) + "\n", stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pathlib
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ import pytest
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _netfilter as nf
 from harness import run_playbook
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PROBE = pathlib.Path(__file__).parent / "files" / "redirect_probe.py"
 PYTHON = "/usr/bin/python3"
 
@@ -164,7 +166,16 @@ def test_lifecycle_keeps_foreign_rules_byte_for_byte(netns, iptables_variant):
     assert again.rc == 0 and not again.task("remove")["changed"]
 
 
+def install_redirect_cli(directory):
+    """Lay out the host-side command as the transparent_proxy role does."""
+    directory.mkdir()
+    shutil.copy(pathlib.Path(nf.__file__), directory / "hostmesh_netfilter.py")
+    shutil.copy(REPO / "roles" / "transparent_proxy" / "files" / "hostmesh-redirect.py", directory / "hostmesh-redirect.py")
+    return directory / "hostmesh-redirect.py"
+
+
 def test_rules_file_written_restored_by_cli_and_removed(netns, tmp_path):
+    redirect_cli = install_redirect_cli(tmp_path / "lib")
     rules_file = tmp_path / "etc" / "redirect.json"
     apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file), ip_families=["ipv4"])], netns=netns)
     assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
@@ -174,17 +185,17 @@ def test_rules_file_written_restored_by_cli_and_removed(netns, tmp_path):
     # and running it twice does not duplicate anything.
     netns.run(["iptables-nft", "-t", "nat", "-F"])
     netns.run(["iptables-nft", "-t", "nat", "-X"])
-    cli = [PYTHON, str(pathlib.Path(nf.__file__)), "apply", "--config", str(rules_file)]
+    cli = [PYTHON, str(redirect_cli), "apply", "--config", str(rules_file)]
     assert netns.run(cli).returncode == 0
     assert netns.run(cli).returncode == 0
     assert len(owned(netns, "nft").jumps) == 2
-    check = netns.run([PYTHON, str(pathlib.Path(nf.__file__)), "check", "--config", str(rules_file)], check=False)
+    check = netns.run([PYTHON, str(redirect_cli), "check", "--config", str(rules_file)], check=False)
     assert check.returncode == 0, check.stdout
     again = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file), ip_families=["ipv4"])], netns=netns)
     assert not again.task("apply")["changed"]
     assert rules_file.read_text() == document
     # The CLI's remove takes the rules away but keeps the file for the next start.
-    netns.run([PYTHON, str(pathlib.Path(nf.__file__)), "remove", "--config", str(rules_file)])
+    netns.run([PYTHON, str(redirect_cli), "remove", "--config", str(rules_file)])
     assert owned(netns, "nft").is_empty() and rules_file.exists()
     gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file),
                                        ip_families=["ipv4"])], netns=netns)
@@ -391,7 +402,7 @@ def cgroup_v2_group():
 def _remove_cgroup(group, parent_procs):
     if not group.exists():
         return
-    for _ in range(50):
+    for attempt in range(50):  # pylint: disable=unused-variable
         pids = (group / "cgroup.procs").read_text().split()
         for pid in pids:
             try:
