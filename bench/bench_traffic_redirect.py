@@ -95,8 +95,8 @@ def builtin_playbook(config, variant: str) -> list:
     chains, items = builtin_items(config)
     # ansible.builtin.iptables calls plain "iptables"; a PATH shim points it at the variant.
     return [
-        {"name": "chains", "ansible.builtin.iptables": {"table": "nat", "chain": "{{ item }}",
-                                                       "chain_management": True}, "loop": chains},
+        {"name": "chains", "loop": chains,
+         "ansible.builtin.iptables": {"table": "nat", "chain": "{{ item }}", "chain_management": True}},
         {"name": "rules", "ansible.builtin.iptables": "{{ item }}", "loop": items},
     ]
 
@@ -106,7 +106,7 @@ def shim_dir(variant: str, log: pathlib.Path) -> pathlib.Path:
     directory = pathlib.Path(tempfile.mkdtemp(prefix="hm-bench-shims-"))
     for family in ("iptables", "ip6tables"):
         for suffix in ("", "-save", "-restore"):
-            for name in {f"{family}{suffix}", f"{family}-{variant}{suffix}"}:
+            for name in sorted({f"{family}{suffix}", f"{family}-{variant}{suffix}"}):
                 real = f"/usr/sbin/{family}-{variant}{suffix}"
                 script = directory / name
                 script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')

@@ -261,12 +261,12 @@ def test_bad_input_fails_clearly_and_changes_nothing(netns, tmp_path):
     before = nf.parse_save(save(netns, "nft"))
     rules_file = tmp_path / "never.json"
     tasks = []
-    for index, (args, _) in enumerate(BAD_INPUTS):
+    for index, (args, dummy) in enumerate(BAD_INPUTS):
         task = redirect_task(f"bad {index}", "nft", ip_families=["ipv4"], rules_file=str(rules_file), **args)
         task["ignore_errors"] = True
         tasks.append(task)
     result = run_playbook(tasks, netns=netns)
-    for index, (_, expected) in enumerate(BAD_INPUTS):
+    for index, (dummy, expected) in enumerate(BAD_INPUTS):
         task = result.task(f"bad {index}")
         assert task["hostmesh_status"] == "ignored", (index, task)
         assert expected in task["msg"], (index, task["msg"])

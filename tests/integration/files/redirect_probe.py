@@ -40,7 +40,7 @@ def original_destination(conn: socket.socket) -> str:
 
 def answer_forever(sock: socket.socket, make_reply) -> None:
     while True:
-        conn, _ = sock.accept()
+        conn = sock.accept()[0]
         try:
             conn.sendall((make_reply(conn) + "\n").encode())
         except OSError as exc:
