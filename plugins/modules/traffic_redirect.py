@@ -26,7 +26,7 @@ description:
     the proxy calling its own host's address is sent to the inbound listener instead of looping.
   - Does not use python-iptables, which only reaches the legacy tables and takes no xtables lock.
 author:
-  - hostmesh.sidecar contributors (@hostmesh-sidecar)
+  - hostmesh.sidecar contributors (@hostmesh)
 extends_documentation_fragment:
   - hostmesh.sidecar._attributes
 attributes:
