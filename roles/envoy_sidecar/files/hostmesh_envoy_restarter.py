@@ -1,0 +1,413 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2025, hostmesh.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Hot-restart supervisor for the hostmesh Envoy sidecar (Python standard library only).
+
+Installed on the managed host by the hostmesh.sidecar.envoy_sidecar role and run by
+hostmesh-envoy.service as its main process (``run``), by its ExecReload= (``reload``) and by
+the role's template validation (``validate``).
+
+``run`` starts Envoy with ``--restart-epoch 0``. On SIGHUP it starts the next epoch, which takes
+the listening sockets over from the running Envoy through Envoy's hot restart protocol, so a
+configuration change drops no connection; the old epoch drains and exits by itself. If the new
+epoch fails, the old one keeps serving. If the serving Envoy dies (crash, ``kill -9``), the
+supervisor stops everything and exits non-zero so that systemd's ``Restart=always`` starts a clean
+epoch 0. It tells systemd (``Type=notify``) that the service is ready only once Envoy's admin
+interface reports the serving epoch LIVE, and records its state in a small JSON file that
+``reload`` waits on.
+
+Before starting Envoy, ``run --join-cgroup DIR`` moves the supervisor itself into the net_cls
+cgroup DIR (so every Envoy epoch it forks is in it) and refuses to start if that fails: Envoy
+outside the cgroup would have its own upstream connections redirected back into itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+PROG = "hostmesh-envoy-restarter"
+
+
+def log(message):
+    sys.stderr.write("%s: %s\n" % (PROG, message))
+    sys.stderr.flush()
+
+
+def sd_notify(message):
+    """Send a notification to systemd when run as a Type=notify service; no-op otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(address)
+        sock.sendall(message.encode("utf-8"))
+    except OSError as exc:
+        log("cannot notify systemd: %s" % exc)
+    finally:
+        sock.close()
+
+
+def admin_server_info(admin_address, timeout=1.0):
+    """Return Envoy's /server_info as a dict, or None while the admin interface does not answer."""
+    url = "http://%s/server_info" % admin_address
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec - loopback admin
+            return json.loads(response.read().decode("utf-8"))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def server_epoch_live(info):
+    """Return the restart epoch of a LIVE Envoy from its /server_info, else None."""
+    if not info or info.get("state") != "LIVE":
+        return None
+    try:
+        return int(info["command_line_options"]["restart_epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_state(path):
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(path, state):
+    if not path:
+        return
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".restarter-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, sort_keys=True)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def config_path_of(envoy_argv):
+    """Return the bootstrap file given to Envoy with -c/--config-path, if any."""
+    for index, arg in enumerate(envoy_argv):
+        if arg in ("-c", "--config-path") and index + 1 < len(envoy_argv):
+            return envoy_argv[index + 1]
+        if arg.startswith("--config-path="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def file_sha1(path):
+    """SHA-1 of a file (the checksum Ansible reports for files), or None if it cannot be read."""
+    if not path:
+        return None
+    digest = hashlib.sha1()  # nosec - same checksum as ansible.builtin.stat/template, not security
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(65536), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def join_cgroup(directory):
+    """Move this process into the cgroup DIRECTORY and check that it is there."""
+    procs = os.path.join(directory, "cgroup.procs")
+    pid = os.getpid()
+    with open(procs, "w", encoding="ascii") as handle:
+        handle.write("%d\n" % pid)
+    with open(procs, "r", encoding="ascii") as handle:
+        members = set(int(line) for line in handle if line.strip())
+    if pid not in members:
+        raise OSError("process %d is not listed in %s after joining" % (pid, procs))
+
+
+class Supervisor:
+    """Runs Envoy epochs, one serving, at most one starting, any number draining."""
+
+    def __init__(self, envoy_argv, admin_address, state_file, ready_timeout, stop_timeout):
+        self.envoy_argv = envoy_argv
+        self.admin_address = admin_address
+        self.state_file = state_file
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.children = {}  # epoch -> Popen
+        self.config_sha1 = {}  # epoch -> checksum of the bootstrap file it started with
+        self.serving = None
+        self.pending = None
+        self.pending_deadline = 0.0
+        self.reload_queued = False
+        self.last_failed_epoch = -1
+        self.reloads = 0
+
+    # -- state ------------------------------------------------------------------------------
+    def save_state(self):
+        state = {
+            "pid": os.getpid(),
+            "serving_epoch": self.serving,
+            "serving_config_sha1": self.config_sha1.get(self.serving),
+            "pending_epoch": self.pending,
+            "last_failed_epoch": self.last_failed_epoch,
+            "reloads": self.reloads,
+            "envoy_pids": dict((str(epoch), child.pid) for epoch, child in self.children.items()),
+        }
+        try:
+            write_state(self.state_file, state)
+        except OSError as exc:
+            log("cannot write state file %s: %s" % (self.state_file, exc))
+
+    # -- epochs -----------------------------------------------------------------------------
+    def start_epoch(self, epoch):
+        argv = list(self.envoy_argv) + ["--restart-epoch", str(epoch)]
+        log("starting Envoy epoch %d" % epoch)
+        self.config_sha1[epoch] = file_sha1(config_path_of(self.envoy_argv))
+        child = subprocess.Popen(argv, close_fds=True)  # pylint: disable=consider-using-with
+        self.children[epoch] = child
+        self.pending = epoch
+        self.pending_deadline = time.monotonic() + self.ready_timeout
+        self.save_state()
+
+    def request_reload(self):
+        if self.pending is not None:
+            log("reload requested while epoch %d is starting: queued" % self.pending)
+            self.reload_queued = True
+            return
+        sd_notify("RELOADING=1\nSTATUS=starting Envoy epoch %d" % (self.serving + 1))
+        self.reloads += 1
+        self.start_epoch(self.serving + 1)
+
+    def check_pending(self):
+        if self.pending is None:
+            return
+        if server_epoch_live(admin_server_info(self.admin_address)) == self.pending:
+            self.serving = self.pending
+            self.pending = None
+            log("Envoy epoch %d is live" % self.serving)
+            sd_notify("READY=1\nSTATUS=Envoy epoch %d serving" % self.serving)
+            self.save_state()
+            if self.reload_queued:
+                self.reload_queued = False
+                self.request_reload()
+            return
+        if time.monotonic() > self.pending_deadline:
+            log("Envoy epoch %d not live after %.0f s: stopping it" % (self.pending, self.ready_timeout))
+            child = self.children.get(self.pending)
+            if child is not None and child.poll() is None:
+                child.terminate()
+            self.fail_pending()
+
+    def fail_pending(self):
+        epoch = self.pending
+        self.pending = None
+        self.last_failed_epoch = epoch
+        self.reload_queued = False
+        if self.serving is None or self.serving not in self.children:
+            # Nothing is left serving (first start, or the old epoch died meanwhile).
+            self.save_state()
+            raise SystemExit(self.shutdown(signal.SIGTERM, exit_code=1))
+        log("reload to epoch %d failed: epoch %d keeps serving" % (epoch, self.serving))
+        sd_notify("READY=1\nSTATUS=reload to epoch %d failed, epoch %d serving" % (epoch, self.serving))
+        self.save_state()
+
+    def reap(self):
+        for epoch, child in sorted(self.children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del self.children[epoch]
+            if epoch == self.pending:
+                log("Envoy epoch %d exited with %s before it was live" % (epoch, code))
+                self.fail_pending()
+            elif epoch == self.serving and self.pending is None:
+                log("serving Envoy epoch %d exited with %s: stopping so that systemd restarts the sidecar" % (epoch, code))
+                self.serving = None
+                self.save_state()
+                raise SystemExit(self.shutdown(signal.SIGTERM, exit_code=1))
+            else:
+                # An older epoch that finished draining (the new one told it to exit), or one that
+                # the new epoch replaced while that was still starting.
+                log("Envoy epoch %d exited with %s after handing over" % (epoch, code))
+            self.save_state()
+
+    def shutdown(self, signum, exit_code=0):
+        sd_notify("STOPPING=1")
+        for child in self.children.values():
+            if child.poll() is None:
+                try:
+                    child.send_signal(signum)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + self.stop_timeout
+        for child in self.children.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                child.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.children.clear()
+        self.serving = None
+        self.pending = None
+        self.save_state()
+        return exit_code
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self):
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, lambda *_: None)
+
+        sd_notify("STATUS=starting Envoy epoch 0")
+        self.start_epoch(0)
+        while True:
+            timeout = 0.1 if self.pending is not None else 5.0
+            ready = select.select([read_fd], [], [], timeout)[0]
+            received = b""
+            if ready:
+                try:
+                    received = os.read(read_fd, 512)
+                except BlockingIOError:
+                    received = b""
+            for signum in bytearray(received):
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log("received %s: stopping Envoy" % signal.Signals(signum).name)
+                    return self.shutdown(signal.SIGTERM)
+                if signum == signal.SIGHUP:
+                    if self.serving is None:
+                        log("reload requested before the first epoch is live: queued")
+                        self.reload_queued = True
+                    else:
+                        self.request_reload()
+            self.reap()
+            self.check_pending()
+
+
+def command_run(args):
+    envoy_argv = list(args.envoy_argv)
+    if envoy_argv and envoy_argv[0] == "--":
+        envoy_argv = envoy_argv[1:]
+    if not envoy_argv:
+        log("no Envoy command line given after --")
+        return 2
+    if "--restart-epoch" in envoy_argv:
+        log("--restart-epoch is set by the supervisor, do not pass it")
+        return 2
+    if args.join_cgroup:
+        try:
+            join_cgroup(args.join_cgroup)
+        except OSError as exc:
+            log("cannot join cgroup %s: %s; refusing to start Envoy outside it" % (args.join_cgroup, exc))
+            return 1
+        log("joined cgroup %s" % args.join_cgroup)
+    supervisor = Supervisor(envoy_argv, args.admin_address, args.state_file, args.ready_timeout, args.stop_timeout)
+    try:
+        return supervisor.run()
+    except SystemExit as exc:
+        return exc.code
+
+
+def command_reload(args):
+    """Signal the supervisor and wait until the next epoch is live, or report why it is not."""
+    before = read_state(args.state_file)
+    if not before or before.get("serving_epoch") is None:
+        log("the sidecar has no serving epoch (state file %s); cannot hot restart" % args.state_file)
+        return 1
+    if before.get("pid") != args.pid:
+        log("state file %s belongs to pid %s, not %d" % (args.state_file, before.get("pid"), args.pid))
+        return 1
+    target = before["serving_epoch"] + 1
+    os.kill(args.pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        state = read_state(args.state_file) or {}
+        serving = state.get("serving_epoch")
+        if serving is not None and serving >= target:
+            log("Envoy epoch %d is live" % serving)
+            return 0
+        if state.get("last_failed_epoch", -1) >= target:
+            log("Envoy epoch %d failed to start; epoch %s keeps serving" % (target, serving))
+            return 1
+        if state.get("pid") != args.pid:
+            log("the supervisor exited during the reload")
+            return 1
+        time.sleep(0.1)
+    log("Envoy epoch %d not live after %.0f s" % (target, args.timeout))
+    return 1
+
+
+def command_validate(args):
+    """Run ``envoy --mode validate`` on CONFIG, whatever its file name.
+
+    Ansible validates a template on a temporary file without an extension, which Envoy would parse
+    as JSON; a copy with the .yaml extension is validated instead.
+    """
+    workdir = tempfile.mkdtemp(prefix="hostmesh-envoy-validate-")
+    try:
+        target = os.path.join(workdir, "bootstrap.yaml")
+        shutil.copyfile(args.config, target)
+        argv = [args.envoy, "--mode", "validate", "--log-level", "error", "-c", target]
+        return subprocess.call(argv)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.required = True
+
+    run = commands.add_parser("run", help="supervise Envoy with hot restart on SIGHUP")
+    run.add_argument("--admin-address", required=True, help="Envoy admin HOST:PORT (loopback)")
+    run.add_argument("--state-file", required=True, help="JSON state file read by the reload command")
+    run.add_argument("--join-cgroup", help="cgroup directory (net_cls) to join before starting Envoy")
+    run.add_argument("--ready-timeout", type=float, default=60.0, help="seconds a new epoch may take to be LIVE")
+    run.add_argument("--stop-timeout", type=float, default=20.0, help="seconds to wait for Envoy to stop")
+    run.add_argument("envoy_argv", nargs=argparse.REMAINDER, help="-- ENVOY [ARGS...] (without --restart-epoch)")
+    run.set_defaults(func=command_run)
+
+    reload_cmd = commands.add_parser("reload", help="hot restart a running supervisor and wait for the result")
+    reload_cmd.add_argument("--pid", type=int, required=True, help="pid of the supervisor (systemd's $MAINPID)")
+    reload_cmd.add_argument("--state-file", required=True)
+    reload_cmd.add_argument("--timeout", type=float, default=90.0)
+    reload_cmd.set_defaults(func=command_reload)
+
+    validate = commands.add_parser("validate", help="validate an Envoy bootstrap file")
+    validate.add_argument("--envoy", required=True, help="path of the Envoy binary")
+    validate.add_argument("config", help="bootstrap file (YAML)")
+    validate.set_defaults(func=command_validate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
