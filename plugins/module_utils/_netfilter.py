@@ -51,6 +51,12 @@ MULTIPORT_SLOTS = 15
 MAX_ID = 2 ** 32 - 2  # (uid_t)-1 means "no change" to the kernel
 
 LOOPBACK = {"ipv4": "127.0.0.0/8", "ipv6": "::1/128"}
+# Only a connection's opening SYN enters the owned chains. When the first nat
+# rules of a network namespace are created, conntrack starts tracking there and
+# picks up connections that already exist (the SSH session applying the rules)
+# mid-stream as NEW; without this match their next packet would be redirected
+# and the session cut. Real new connections always start with a SYN.
+NEW_TCP = "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
 # Envoy's inbound passthrough connects to the local workload from this source
 # (Istio's InboundPassthroughCluster address), so those connections are never
 # captured again.
@@ -477,7 +483,7 @@ def render_ruleset(config: RedirectConfig, family: str, cgroup_id=None) -> Rules
 
     if config.capture_inbound:
         ruleset.chains += [inbound, in_redirect]
-        ruleset.jumps.append(f"-A PREROUTING -p tcp -m comment --comment {tag} -j {inbound}")
+        ruleset.jumps.append(f"-A PREROUTING {NEW_TCP} -m comment --comment {tag} -j {inbound}")
         for chunk in multiport_chunks(config.inbound_exclude_ports):
             ruleset.rules.append(f"-A {inbound} -p tcp -m multiport --dports {','.join(chunk)} -j RETURN")
         if config.inbound_ports:
@@ -489,7 +495,7 @@ def render_ruleset(config: RedirectConfig, family: str, cgroup_id=None) -> Rules
 
     if config.capture_outbound:
         ruleset.chains += [output, redirect]
-        ruleset.jumps.append(f"-A OUTPUT -p tcp -m comment --comment {tag} -j {output}")
+        ruleset.jumps.append(f"-A OUTPUT {NEW_TCP} -m comment --comment {tag} -j {output}")
         loopback = LOOPBACK[family]
         # Envoy's inbound passthrough (source 127.0.0.6 / ::6) talking to the workload.
         ruleset.rules.append(f"-A {output} -s {PASSTHROUGH_SOURCE[family]} -o lo -j RETURN")

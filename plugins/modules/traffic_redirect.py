@@ -238,7 +238,7 @@ rules:
       - "*nat"
       - ":HOSTMESH_INBOUND - [0:0]"
       - ":HOSTMESH_IN_REDIRECT - [0:0]"
-      - "-A PREROUTING -p tcp -m comment --comment \"hostmesh:HOSTMESH\" -j HOSTMESH_INBOUND"
+      - "-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment \"hostmesh:HOSTMESH\" -j HOSTMESH_INBOUND"
       - "-A HOSTMESH_INBOUND -p tcp -m multiport --dports 22 -j RETURN"
       - "-A HOSTMESH_INBOUND -p tcp -j HOSTMESH_IN_REDIRECT"
       - "-A HOSTMESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"

@@ -136,7 +136,7 @@ def test_lifecycle_keeps_foreign_rules_byte_for_byte(netns, iptables_variant):
 
     # 3. drift: somebody deletes one of our rules and duplicates a jump.
     netns.run([f"iptables-{variant}", "-t", "nat", "-D", "HOSTMESH_OUTPUT", "-d", "203.0.113.0/24", "-j", "RETURN"])
-    netns.run([f"iptables-{variant}", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "comment",
+    netns.run([f"iptables-{variant}", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--syn", "-m", "comment",
                "--comment", "hostmesh:HOSTMESH", "-j", "HOSTMESH_OUTPUT"])
     drifted_v4 = save(netns, variant)
     check = run_playbook([redirect_task("apply", variant, outbound_exclude_ports=[25],
@@ -456,6 +456,43 @@ def test_behaviour_single_port_and_inbound_port_list(lab):
     assert lab.out(PEER_V4, 8080, uid=APP_UID) == f"proxy 15001 {PEER_V4}:8080"
     assert lab.connect(lab.peer, HOST_V4, 8082) == f"proxy 15001 {HOST_V4}:8082"
     assert lab.connect(lab.peer, HOST_V4, 22) == "direct host-ssh"
+
+
+def test_existing_connections_survive_the_first_rules(netns_factory, iptables_variant):
+    """The SSH session that applies the first rules of a host must live on.
+
+    Before a network namespace has nat rules, conntrack does not track there;
+    the first rules make it pick up live connections mid-stream as NEW. Only a
+    SYN may enter the owned chains, or their next packet would be redirected.
+    """
+    host, peer = netns_factory(), netns_factory()
+    host.add_veth_peer(peer, f"{HOST_V4}/24", f"{PEER_V4}/24")
+    for ns, addr in ((host, HOST_V4), (peer, PEER_V4)):
+        server = ns.popen([PYTHON, str(PROBE), "echo", addr, "2200"], stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+    inbound = peer.popen([PYTHON, str(PROBE), "hold", HOST_V4, "2200"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outbound = host.popen(["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups",
+                           PYTHON, str(PROBE), "hold", PEER_V4, "2200"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def say(proc, text):
+        proc.stdin.write(text + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    for proc in (inbound, outbound):
+        assert proc.stdout.readline().strip() == "connected"
+        assert say(proc, "before") == "echo before"
+    result = run_playbook([redirect_task("apply", iptables_variant, ip_families=["ipv4"])], netns=host)
+    assert result.rc == 0 and result.task("apply")["changed"], result.output
+    # Both connections were open while the first rules of the namespace arrived.
+    assert say(inbound, "after") == "echo after"
+    assert say(outbound, "after") == "echo after"
+    # A new connection is captured as usual (to port 15001, where nothing listens here).
+    fresh = host.run(["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups",
+                      PYTHON, str(PROBE), "connect", PEER_V4, "2200"], check=False).stdout.strip()
+    assert fresh.startswith("failed") and "refused" in fresh, fresh
 
 
 def test_behaviour_absent_restores_direct_traffic(lab):

@@ -9,6 +9,9 @@ listen PORT...          accept on each port (IPv4 and IPv6) and answer
                         "proxy <port> <original destination>", read with
                         SO_ORIGINAL_DST: what a transparent proxy sees.
 serve ADDR PORT NAME    answer "direct NAME": the real destination.
+echo ADDR PORT          answer every line with "echo <line>" on a kept-open connection.
+hold ADDR PORT          connect once, print "connected", then send each stdin line and
+                        print the answer: an existing connection, across rule changes.
 connect ADDR PORT       print the answer; --mark sets SO_MARK, --bind a source
                         address, --join-cgroup writes our pid into a cgroup.procs
                         file first (net_cls or cgroup v2) before connecting.
@@ -49,6 +52,12 @@ def answer_forever(sock: socket.socket, make_reply) -> None:
             conn.close()
 
 
+def echo_lines(conn: socket.socket) -> None:
+    with conn, conn.makefile() as reader:
+        for line in reader:
+            conn.sendall(f"echo {line.strip()}\n".encode())
+
+
 def bound(family, addr, port) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -68,6 +77,10 @@ def main() -> int:
     serve.add_argument("addr")
     serve.add_argument("port", type=int)
     serve.add_argument("name")
+    for name in ("echo", "hold"):
+        kept = sub.add_parser(name)
+        kept.add_argument("addr")
+        kept.add_argument("port", type=int)
     connect = sub.add_parser("connect")
     connect.add_argument("addr")
     connect.add_argument("port", type=int)
@@ -91,6 +104,25 @@ def main() -> int:
         sock = bound(family, args.addr, args.port)
         print("ready", flush=True)
         answer_forever(sock, lambda c: f"direct {args.name}")
+    if args.cmd == "echo":
+        family = socket.AF_INET6 if ipaddress.ip_address(args.addr).version == 6 else socket.AF_INET
+        sock = bound(family, args.addr, args.port)
+        print("ready", flush=True)
+        while True:
+            conn = sock.accept()[0]
+            threading.Thread(target=echo_lines, args=(conn,), daemon=True).start()
+    if args.cmd == "hold":
+        family = socket.AF_INET6 if ipaddress.ip_address(args.addr).version == 6 else socket.AF_INET
+        sock = socket.create_connection((args.addr, args.port), timeout=5)
+        reader = sock.makefile()
+        print("connected", flush=True)
+        for line in sys.stdin:
+            try:
+                sock.sendall(line.encode())
+                print(reader.readline().strip() or "closed", flush=True)
+            except OSError as exc:
+                print(f"failed {exc}", flush=True)
+        return 0
     if args.cmd == "connect":
         if args.join_cgroup:
             with open(args.join_cgroup, "w", encoding="ascii") as handle:

@@ -147,8 +147,8 @@ def test_render_default_ipv4():
     r = nf.render_ruleset(config(), "ipv4")
     assert r.chains == ["HOSTMESH_INBOUND", "HOSTMESH_IN_REDIRECT", "HOSTMESH_OUTPUT", "HOSTMESH_REDIRECT"]
     assert r.jumps == [
-        '-A PREROUTING -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND',
-        '-A OUTPUT -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT',
+        '-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND',
+        '-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT',
     ]
     assert r.rules == [
         "-A HOSTMESH_INBOUND -p tcp -m multiport --dports 22 -j RETURN",
@@ -266,7 +266,7 @@ COMMIT
 :HOSTMESH_INBOUND - [0:0]
 :HOSTMESH_IN_REDIRECT - [0:0]
 -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A PREROUTING -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND
+-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND
 -A OUTPUT -d 10.9.9.9/32 -p tcp -j RETURN
 -A DOCKER -i docker0 -j RETURN
 -A HOSTMESH_INBOUND -p tcp -m multiport --dports 22 -j RETURN
@@ -301,7 +301,7 @@ def test_parse_save_rejects_garbage():
 def test_owned_view_takes_only_owned_objects():
     view = nf.owned_view(nf.parse_save(SAVE_WITH_FOREIGN)["nat"], config())
     assert view.chains == ["HOSTMESH_INBOUND", "HOSTMESH_IN_REDIRECT"]
-    assert view.jumps == ['-A PREROUTING -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND']
+    assert view.jumps == ['-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND']
     assert all(r.startswith("-A HOSTMESH_") for r in view.rules) and len(view.rules) == 3
 
 
@@ -345,7 +345,7 @@ def test_plan_empty_table_creates_chains_then_jumps():
     lines = plan.restore.splitlines()
     assert plan.changed and lines[0] == "*nat" and lines[-1] == "COMMIT"
     assert lines.index(":HOSTMESH_OUTPUT - [0:0]") < lines.index(
-        '-A OUTPUT -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT')
+        '-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT')
     assert not [line for line in lines if line.startswith(("-D", "-F", "-X"))]
     # Never names a chain that is not ours.
     assert not [line for line in lines if "DOCKER" in line]
@@ -376,15 +376,15 @@ def test_plan_drifted_rule_rewrites_owned_chains_but_keeps_good_jumps():
 
 def test_plan_missing_jump_only_adds_the_jump():
     c = config()
-    text = applied(c).replace('-A OUTPUT -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT\n', "")
+    text = applied(c).replace('-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT\n', "")
     plan = nf.plan_table(live_of(text, c), nf.render_ruleset(c, "ipv4"), c)
     assert plan.restore.splitlines() == [
-        "*nat", '-A OUTPUT -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT', "COMMIT"]
+        "*nat", '-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT', "COMMIT"]
 
 
 def test_plan_duplicate_jump_is_deleted_by_its_exact_text():
     c = config()
-    jump = '-A OUTPUT -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT'
+    jump = '-A OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT'
     text = applied(c).replace(jump + "\n", jump + "\n" + jump + "\n")
     plan = nf.plan_table(live_of(text, c), nf.render_ruleset(c, "ipv4"), c)
     assert plan.restore.splitlines() == ["*nat", "-D" + jump[2:], "COMMIT"]
@@ -393,7 +393,7 @@ def test_plan_duplicate_jump_is_deleted_by_its_exact_text():
 def test_plan_insert_position():
     c = config(jump_position="insert", capture_inbound=False)
     plan = nf.plan_table(nf.Ruleset(), nf.render_ruleset(c, "ipv4"), c)
-    assert '-I OUTPUT 1 -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT' in plan.restore
+    assert '-I OUTPUT 1 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_OUTPUT' in plan.restore
 
 
 def test_plan_absent_removes_jumps_then_chains():
@@ -415,7 +415,7 @@ def test_plan_turning_inbound_off_drops_its_chains_and_jump():
     off = config(capture_inbound=False)
     lines = nf.plan_table(live_of(applied(c), c), nf.render_ruleset(off, "ipv4"), off).restore.splitlines()
     assert "-X HOSTMESH_INBOUND" in lines and "-X HOSTMESH_IN_REDIRECT" in lines
-    assert '-D PREROUTING -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND' in lines
+    assert "-D PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment \"hostmesh:HOSTMESH\" -j HOSTMESH_INBOUND" in lines
     assert ":HOSTMESH_OUTPUT - [0:0]" in lines
 
 
