@@ -1112,8 +1112,13 @@ def run_cli(argv) -> tuple:
                         help="apply: make the live rules match the file; remove: delete every owned chain and rule; "
                              "check: exit 1 (and print the plan) when the live rules differ from the file")
     parser.add_argument("--config", required=True, help="rules file written by traffic_redirect (rules_file option)")
+    parser.add_argument("--missing-ok", action="store_true",
+                        help="do nothing when the rules file does not exist yet (a proxy unit refreshing its "
+                             "cgroup_path rules before the first deployment wrote them)")
     args = parser.parse_args(argv)
 
+    if args.missing_ok and not os.path.exists(args.config):
+        return 0, "", f"hostmesh-redirect: {args.config} does not exist yet, nothing to do\n"
     warnings = []
     try:
         config = load_rules_file(args.config)
