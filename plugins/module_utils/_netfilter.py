@@ -682,8 +682,14 @@ def plan_table(live: Ruleset, desired: Ruleset, config: RedirectConfig) -> Plan:
     kept = [rule_tokens(k) for k in keep]
     add = [j for j in desired.jumps if rule_tokens(j) not in kept]
 
+    # Shown "after": the live spelling of every rule that stays (iptables-save
+    # quotes differently from us), so a diff only shows real changes.
+    spelled = {rule_tokens(line): line for line in live.rules + live.jumps}
+    after = Ruleset(list(desired.chains),
+                    [spelled.get(rule_tokens(line), line) for line in desired.rules],
+                    [spelled.get(rule_tokens(line), line) for line in desired.jumps])
     if chains_in_sync and not delete and not add:
-        return Plan("", live, desired)
+        return Plan("", live, after)
 
     lines = [f"*{TABLE}"]
     if not chains_in_sync:
@@ -701,7 +707,7 @@ def plan_table(live: Ruleset, desired: Ruleset, config: RedirectConfig) -> Plan:
         else:
             lines.append(line)
     lines.append("COMMIT")
-    return Plan("\n".join(lines) + "\n", live, desired)
+    return Plan("\n".join(lines) + "\n", live, after)
 
 
 # ---------------------------------------------------------------------------
@@ -1005,7 +1011,9 @@ class RedirectManager:
 
     # -- rules file -----------------------------------------------------------
     def rules_document(self) -> str:
-        rules = {r.family: r.plan.after.lines() for r in self.results}
+        # Rendered without the cgroup id: the id changes whenever the proxy's
+        # unit restarts, and the file should only change when the config does.
+        rules = {r.family: render_ruleset(self.config, r.family).lines() for r in self.results}
         document = {
             "comment": "Managed by hostmesh.sidecar.traffic_redirect; restored at boot by hostmesh-redirect.py",
             "config": self.config.to_json(),

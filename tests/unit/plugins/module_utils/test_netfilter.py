@@ -423,3 +423,16 @@ def test_ruleset_text_is_iptables_save_form():
     text = nf.render_ruleset(config(capture_outbound=False), "ipv4").text()
     assert text.splitlines()[0] == "*nat" and text.splitlines()[-1] == "COMMIT"
     assert nf.parse_save(text)["nat"].chains == {"HOSTMESH_INBOUND": "-", "HOSTMESH_IN_REDIRECT": "-"}
+
+
+def test_plan_after_keeps_live_spelling_so_diffs_show_only_real_changes():
+    c = config(bypass="cgroup_path", proxy_cgroup_path="a.slice")
+    desired = nf.render_ruleset(c, "ipv4", cgroup_id=7)
+    live = nf.Ruleset(list(desired.chains),
+                      [line.replace("--path a.slice", '--path "a.slice"') for line in desired.rules],
+                      list(desired.jumps))
+    live.rules[-1] = live.rules[-1].replace("15001", "15002")
+    plan = nf.plan_table(live, desired, c)
+    assert plan.changed
+    changed = [line for line in plan.after.rules if line not in plan.before.rules]
+    assert changed == ["-A HOSTMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001"]
