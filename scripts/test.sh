@@ -62,7 +62,7 @@ fail_suite() {
 }
 
 run_suite unit pytest tests/unit "$@"
-run_suite integration pytest tests/integration "$@"
+run_suite integration pytest tests/integration tests/lab "$@"
 run_suite sanity ./scripts/sanity.sh
 run_suite lint ./scripts/lint.sh
 if [ -f extensions/molecule/fleet/molecule.yml ]; then
