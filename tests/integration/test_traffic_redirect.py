@@ -202,6 +202,29 @@ def test_rules_file_written_restored_by_cli_and_removed(netns, tmp_path):
     assert gone.task("remove")["changed"] and not rules_file.exists()
 
 
+@pytest.mark.parametrize("job, kept", [("restart", True), ("stop", False), (None, False)])
+def test_cli_remove_keeps_the_rules_during_a_restart_job(netns, tmp_path, job, kept):
+    # The boot unit's ExecStop: systemd restarts the unit (PartOf= the proxy)
+    # whenever it restarts the proxy, also after a crash; only a stop job may
+    # take the rules away. A stand-in systemctl reports the unit's job.
+    redirect_cli = install_redirect_cli(tmp_path / "lib")
+    rules_file = tmp_path / "etc" / "redirect.json"
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file), ip_families=["ipv4"])], netns=netns)
+    assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    listing = f"42 hostmesh-redirect.service {job} running" if job else ""
+    (fake_bin / "systemctl").write_text(f"#!/bin/sh\n[ \"$1\" = list-jobs ] && echo '{listing}'\nexit 0\n")
+    (fake_bin / "systemctl").chmod(0o755)
+    env = {"PATH": f"{fake_bin}:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    remove = netns.run([PYTHON, str(redirect_cli), "remove", "--config", str(rules_file),
+                        "--keep-if-restarting", "hostmesh-redirect.service"], env=env)
+    assert remove.returncode == 0
+    assert owned(netns, "nft").is_empty() is not kept, remove.stderr
+    if kept:
+        assert "the rules stay" in remove.stderr
+
+
 def test_auto_picks_the_variant_holding_rules_and_warns_about_the_other(netns):
     # An old-style host: only the legacy variant holds rules.
     restore(netns, "legacy", FOREIGN_V4)
