@@ -792,6 +792,21 @@ def join_net_cls_cgroup(lab: str, host: str, pid: int) -> None:
             " the net_cls hierarchy inside this host is shared")
 
 
+def reset_net_cls_cgroup(lab: str, host: str) -> None:
+    """Remove the cgroups a host made below its own net_cls cgroup before it
+    boots: the lab's cgroup outlives the host's boots, a real machine's
+    cgroups do not (a net_cls cgroup made by the last boot must not be found
+    by the next one). The last boot's processes may still be dying: retry."""
+    path = host_cgroup(lab, host)
+    proc = net_cls_run(f'[ -d "$NC/{path}" ] || exit 0; '
+                       f'for _ in $(seq 50); do '
+                       f'find "$NC/{path}" -mindepth 1 -depth -type d -exec rmdir {{}} + 2>/dev/null || true; '
+                       f'[ -z "$(find "$NC/{path}" -mindepth 1 -type d)" ] && exit 0; sleep 0.1; done; '
+                       f'find "$NC/{path}" -mindepth 1 -type d >&2; exit 1')
+    if proc.returncode != 0:
+        log(f"warning: {host}: net_cls cgroups of its last boot are left: {proc.stderr.strip()}")
+
+
 def lab_cgroup_bases(lab: str) -> list[Path]:
     mounts = v1_mounts()
     return [Path(mounts[key]) / CGROUP_PARENT / lab for key in ("systemd", "unified") if key in mounts]
@@ -907,6 +922,7 @@ def supervise(lab: str, host: str) -> int:
     try:
         while not stopping_flag.exists():
             reset_host_network(lab, host, info, state["subnet"], state.get("subnet6"))
+            reset_net_cls_cgroup(lab, host)
             with contextlib.suppress(FileNotFoundError):
                 reboot_flag.unlink()
             boot_count += 1

@@ -217,7 +217,9 @@ def test_reboot_keeps_disk_and_resets_network(pair, lab_timings):
     name = pair["lab"]
     alpha = pair["hosts"]["alpha"]["address"]
     before = lab_tool.host_runtime(name, "alpha")
-    ssh(name, alpha, "echo kept > /root/labtest-marker && iptables -t nat -N LABTEST && ss -tlnp | grep -q :22")
+    mount_net_cls = "mkdir -p /run/labtest-nc && (mountpoint -q /run/labtest-nc || mount -t cgroup -o net_cls net_cls /run/labtest-nc)"
+    ssh(name, alpha, "echo kept > /root/labtest-marker && iptables -t nat -N LABTEST && ss -tlnp | grep -q :22"
+        f" && {mount_net_cls} && mkdir -p /run/labtest-nc/labtest/child")
     started = time.monotonic()
     after = lab_tool.reboot(name, "alpha")
     lab_timings.append(("reboot (clean, until SSH answers)", time.monotonic() - started))
@@ -225,6 +227,10 @@ def test_reboot_keeps_disk_and_resets_network(pair, lab_timings):
     assert after["leader_pid"] != before["leader_pid"]
     out = ssh(name, alpha, "cat /root/labtest-marker; iptables -t nat -S | grep -c LABTEST || true").stdout.split()
     assert out == ["kept", "0"], "disk kept, iptables rules gone"
+    # Like on a real machine, no cgroup of the last boot is left (a net_cls
+    # cgroup would otherwise be found by the next boot's net_cls mount).
+    assert ssh(name, alpha, f"{mount_net_cls} && ls -d /run/labtest-nc/labtest 2>&1; umount /run/labtest-nc",
+               check=False).stdout.strip().endswith("No such file or directory")
     inventory = lab_tool.inventory_file(name).read_text(encoding="utf-8")
     assert f"lab_leader_pid: {after['leader_pid']}" in inventory
 
