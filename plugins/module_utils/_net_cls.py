@@ -723,7 +723,14 @@ class NetClsManager:
         write_marker(marker, self.marker_file)
 
     def _do_mkdir(self, the_plan, path):
-        os.mkdir(path)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            # The plan was made before this run mounted the hierarchy, and the
+            # kernel keeps a v1 hierarchy and its cgroups while it is unmounted:
+            # the cgroup may already be there. The classid and ownership steps
+            # that follow bring it to the desired state either way.
+            pass
 
     def _do_classid(self, the_plan, classid):
         _write(os.path.join(the_plan.path, "net_cls.classid"), str(classid))
