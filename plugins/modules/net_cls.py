@@ -23,8 +23,9 @@ description:
   - Optionally moves processes into the cgroup (O(pids)) and hands the files that move processes in to the proxy
     user (O(owner)), so an unprivileged proxy can move itself in on every start.
   - Every option is validated (including that each of O(pids) is a running process) before anything is changed.
-  - Cgroups and mounts do not survive a reboot. Re-create them before the proxy starts, for example with a
-    privileged C(ExecStartPre) of the proxy's unit (the roles of this collection do that).
+  - Cgroups and mounts do not survive a reboot. Re-create them before the proxy starts, in a privileged step
+    that runs in the host's mount namespace (the transparent_proxy role's boot-time unit does that; a hardened
+    proxy unit's own C(ExecStartPre) may run in a private mount namespace the proxy cannot see).
 author:
   - hostmesh.sidecar contributors (@hostmesh)
 extends_documentation_fragment:
