@@ -839,9 +839,10 @@ class Netfilter:
             raise NetfilterError(f"backend={wanted} was requested but {self._prefix(family)}-{wanted}-save/-restore "
                                  f"are not installed (found: {', '.join(sorted(available))})")
         dumps = {name: self.read(variant, family) for name, variant in available.items()}
+        views = {name: owned_view(dump, self.config) for name, (text, dump) in dumps.items()}
 
         def holds_ours(name):
-            return not owned_view(dumps[name][1], self.config).is_empty()
+            return not views[name].is_empty()
 
         def holds_rules(name):
             text = dumps[name][0]
@@ -863,7 +864,7 @@ class Netfilter:
                 continue
             dump = dumps[other][1]
             hooked = [r for r in (dump.rules if dump else []) if rule_chain(r) in ("PREROUTING", "OUTPUT")
-                      and r not in owned_view(dump, self.config).jumps]
+                      and r not in views[other].jumps]
             if hooked and self.config.state == "present":
                 self.warn(f"{family}: iptables-{other} also holds {len(hooked)} nat PREROUTING/OUTPUT rule(s); "
                           f"hostmesh writes to iptables-{chosen}. The kernel runs both variants' nat hooks, and the "
