@@ -17,35 +17,63 @@ the v1 hierarchy is mounted in a place of its own.
   formatting, ``/proc/self/mountinfo`` and ``/proc/cgroups`` parsing, choosing
   the mount point, and ``plan``: given the observed ``NetClsView`` and the
   ``NetClsSpec``, the before/after state for the diff and the list of actions,
-  or a ``NetClsError`` naming every problem;
+  or a ``HostmeshError`` naming every problem;
 * side-effect part: ``read_view`` (mountinfo, the cgroup files, /proc) and
   ``NetClsManager``, which executes the actions (mount through an injected
   command runner, everything else as file operations) and verifies the result.
 
-The file imports nothing outside the standard library: it doubles as a small
-host-side CLI (``python3 hostmesh_net_cls.py ensure --classid 0x100001 ...``)
-for a privileged ExecStartPre step that re-creates the cgroup after a reboot,
-with exactly the logic the module uses.
+The file imports nothing outside the standard library and ``_host``: it is also
+the host-side command. The transparent_proxy role installs it as
+``hostmesh_net_cls.py`` beside ``hostmesh_host.py``, and its boot unit runs
+``python3 hostmesh-net-cls.py ensure --classid 0x100001 ...`` (``run_cli``) to
+re-create the cgroup after a reboot, with exactly the logic the module uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import pwd
 import grp
 import re
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
+try:
+    from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import (
+        CLASSID_MAX,
+        MAX_ID,
+        HostmeshError,
+        Problems,
+        atomic_write,
+        format_classid,
+        parse_classid as _parse_classid,
+        parse_int,
+        parse_proc_status,
+        read_proc_status,
+        run_command,
+    )
+except ImportError:  # on a host: beside hostmesh_host.py in the helper directory
+    from hostmesh_host import (  # pylint: disable=import-error
+        CLASSID_MAX,
+        MAX_ID,
+        HostmeshError,
+        Problems,
+        atomic_write,
+        format_classid,
+        parse_classid as _parse_classid,
+        parse_int,
+        parse_proc_status,
+        read_proc_status,
+        run_command,
+    )
+
 DEFAULT_NAME = "hostmesh-proxy"
 DEFAULT_CLASSID = "0x100001"
-CLASSID_MAX = 0xFFFFFFFF
 # Where v1/hybrid hosts keep their v1 hierarchies (systemd's layout).
 V1_MOUNTPOINT = "/sys/fs/cgroup/net_cls"
 # Where the hierarchy goes when /sys/fs/cgroup is a cgroup2 mount (or a
@@ -61,47 +89,40 @@ RESERVED_NAMES = {"tasks", "notify_on_release", "release_agent"}
 RESERVED_PREFIXES = ("cgroup.", "net_cls.", "net_prio.")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,255}$")
 STATES = ("present", "absent")
-MAX_ID = 2 ** 32 - 2
 # How long absent waits for the kernel to free a removed cgroup before it
 # unmounts: a v1 hierarchy unmounted while a child is still being freed stays
 # alive in the kernel (empty and unmounted) until its next mount.
 RELEASE_TIMEOUT = 5.0
-ENV = {"LC_ALL": "C", "LANGUAGE": "C"}
-
-
-class NetClsError(Exception):
-    """A problem that makes the module fail; raised before anything is changed when possible."""
 
 
 # ---------------------------------------------------------------------------
 # Class ids
 # ---------------------------------------------------------------------------
 
-_HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]+$")
-_DEC_RE = re.compile(r"^-?(0|[1-9][0-9]*)$")
-
-
 def parse_classid(value) -> int:
-    """A class id (0xMMMMmmmm: 16-bit major, 16-bit minor) from an int, a hex or a decimal string."""
+    """The classid option: _host's class id grammar, with this module's messages.
+
+    The messages name the option and keep the wording the module has always
+    used; the grammar is ``_host.parse_classid``'s, except that surrounding
+    blanks are refused here (the kernel's net_cls.classid file refuses them).
+    """
+    prefix = f"classid={value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"classid={value!r} must be a hex string such as 0x100001 or an integer")
-    if isinstance(value, str):
-        if _HEX_RE.match(value):
-            number = int(value, 16)
-        elif _DEC_RE.match(value):
-            number = int(value, 10)
+        raise ValueError(f"{prefix} must be a hex string such as 0x100001 or an integer")
+    if not isinstance(value, str) or value == value.strip():
+        try:
+            return _parse_classid(value)
+        except ValueError:
+            pass
+        try:
+            # Only to tell a number out of range from text that is no number.
+            parse_int(value, -(2 ** 64), 2 ** 64)
+        except ValueError:
+            pass
         else:
-            raise ValueError(f"classid={value!r} is neither a hex number (0x100001) nor a decimal integer")
-    else:
-        number = value
-    if number <= 0 or number > CLASSID_MAX:
-        raise ValueError(f"classid={value!r} is out of range: a net_cls class id is 0xMMMMmmmm "
-                         f"(16-bit major and minor), from 0x1 to 0xffffffff; 0 means 'no class'")
-    return number
-
-
-def format_classid(classid: int) -> str:
-    return f"0x{classid:x}"
+            raise ValueError(f"{prefix} is out of range: a net_cls class id is 0xMMMMmmmm (16-bit major and "
+                             f"minor), from 0x1 to 0x{CLASSID_MAX:x}; 0 means 'no class'")
+    raise ValueError(f"{prefix} is neither a hex number (0x100001) nor a decimal integer")
 
 
 def classid_tc(classid: int) -> str:
@@ -124,43 +145,49 @@ class NetClsSpec:
     group: int | None = None   # gid for the control files (made group-writable)
 
 
-def _check_name(name, errors):
+def _refuse(problems: Problems, option, message: str) -> None:
+    """Record a problem in the module's own wording, which names the option (or none: a host problem)."""
+    problems.items.append((option, message))
+
+
+def _check_name(name, problems):
     if not isinstance(name, str) or not name:
-        errors.append(f"name={name!r} must be a non-empty cgroup name")
+        _refuse(problems, "name", f"name={name!r} must be a non-empty cgroup name")
         return
     if "/" in name or name in (".", ".."):
-        errors.append(f"name={name!r} must be a single cgroup directory name, without '/' and not '.' or '..'")
+        _refuse(problems, "name", f"name={name!r} must be a single cgroup directory name, without '/' and not "
+                                  f"'.' or '..'")
     elif not NAME_RE.match(name):
-        errors.append(f"name={name!r} may only contain letters, digits and _ . @ : + - (at most 255)")
+        _refuse(problems, "name", f"name={name!r} may only contain letters, digits and _ . @ : + - (at most 255)")
     elif name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
-        errors.append(f"name={name!r} collides with the control files of a cgroup directory")
+        _refuse(problems, "name", f"name={name!r} collides with the control files of a cgroup directory")
 
 
-def _check_mountpoint(path, errors):
+def _check_mountpoint(path, problems):
     if path is None:
         return
     if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "\0\n"):
-        errors.append(f"mountpoint={path!r} must be an absolute path")
+        _refuse(problems, "mountpoint", f"mountpoint={path!r} must be an absolute path")
     elif path == "/" or os.path.normpath(path) != path or "/../" in path + "/" or "/./" in path + "/":
-        errors.append(f"mountpoint={path!r} must be a normalised absolute path other than / "
-                      f"(no '..', '.', '//' or trailing '/')")
+        _refuse(problems, "mountpoint", f"mountpoint={path!r} must be a normalised absolute path other than / "
+                                        f"(no '..', '.', '//' or trailing '/')")
 
 
-def _resolve_id(option, value, lookup, errors):
+def _resolve_id(option, value, lookup, problems):
     if value is None:
         return None
     text = str(value)
     if text.isdigit():
         number = int(text)
         if number > MAX_ID:
-            errors.append(f"{option}={value!r} is out of range (0 to {MAX_ID})")
+            _refuse(problems, option, f"{option}={value!r} is out of range (0 to {MAX_ID})")
             return None
         return number
     try:
         return lookup(text)
     except KeyError:
         kind = "user" if option == "owner" else "group"
-        errors.append(f"{option}={value!r}: no such {kind}")
+        problems.add(option, value, f"no such {kind}")
     return None
 
 
@@ -173,33 +200,32 @@ def _group_id(name):
 
 
 def validate_params(params: dict, user_id=_user_id, group_id=_group_id) -> NetClsSpec:
-    """Check every option; raise one NetClsError listing all problems."""
-    errors = []
+    """Check every option; raise one HostmeshError listing all problems."""
+    problems = Problems()
     name = params.get("name", DEFAULT_NAME)
-    _check_name(name, errors)
+    _check_name(name, problems)
     classid = None
     try:
         classid = parse_classid(params.get("classid", DEFAULT_CLASSID))
     except ValueError as exc:
-        errors.append(str(exc))
+        _refuse(problems, "classid", str(exc))
     mountpoint = params.get("mountpoint")
-    _check_mountpoint(mountpoint, errors)
+    _check_mountpoint(mountpoint, problems)
     state = params.get("state", "present")
     if state not in STATES:
-        errors.append(f"state={state!r} must be one of {', '.join(STATES)}")
+        _refuse(problems, "state", f"state={state!r} must be one of {', '.join(STATES)}")
     pids = params.get("pids") or []
     clean_pids = []
     for pid in pids:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            errors.append(f"pids: {pid!r} is not a process id (a positive integer)")
+            _refuse(problems, "pids", f"pids: {pid!r} is not a process id (a positive integer)")
         elif pid not in clean_pids:
             clean_pids.append(pid)
     if pids and state == "absent":
-        errors.append(f"pids={list(pids)!r} can only be moved in with state=present")
-    owner = _resolve_id("owner", params.get("owner"), user_id, errors)
-    group = _resolve_id("group", params.get("group"), group_id, errors)
-    if errors:
-        raise NetClsError("; ".join(errors))
+        _refuse(problems, "pids", f"pids={list(pids)!r} can only be moved in with state=present")
+    owner = _resolve_id("owner", params.get("owner"), user_id, problems)
+    group = _resolve_id("group", params.get("group"), group_id, problems)
+    problems.raise_if_any()
     return NetClsSpec(name=name, classid=classid, mountpoint=mountpoint, pids=tuple(clean_pids),
                       state=state, owner=owner, group=group)
 
@@ -324,12 +350,8 @@ class PidState:
     name: str = ""
 
 
-def parse_pid_status(pid: int, text: str) -> PidState:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            values[key] = value.strip()
+def pid_state(pid: int, values: dict) -> PidState:
+    """What planning needs to know of a process, from its parsed /proc/PID/status."""
     tgid = int(values.get("Tgid", pid))
     # "Kthread:" exists since Linux 6.4; before that kernel threads are the
     # children of kthreadd (PID 2) and kthreadd itself.
@@ -338,6 +360,10 @@ def parse_pid_status(pid: int, text: str) -> PidState:
     else:
         kernel_thread = pid == 2 or values.get("PPid") == "2"
     return PidState(pid=pid, exists=True, tgid=tgid, kernel_thread=kernel_thread, name=values.get("Name", ""))
+
+
+def parse_pid_status(pid: int, text: str) -> PidState:
+    return pid_state(pid, parse_proc_status(text))
 
 
 # ---------------------------------------------------------------------------
@@ -437,18 +463,18 @@ def describe(view: NetClsView, spec: NetClsSpec, path: str) -> dict:
     return state
 
 
-def _plan_mount(spec, view, errors, actions):
+def _plan_mount(spec, view, problems, actions):
     if view.mounted:
         return
     status = view.mountpoint_status
     if status == "not-empty":
-        errors.append(f"mountpoint {view.mountpoint} is a non-empty directory; refusing to mount the net_cls "
-                      f"hierarchy over it")
+        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} is a non-empty directory; refusing to "
+                                        f"mount the net_cls hierarchy over it")
     elif status == "not-directory":
-        errors.append(f"mountpoint {view.mountpoint} exists and is not a directory")
+        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} exists and is not a directory")
     elif status.startswith("mount:"):
-        errors.append(f"mountpoint {view.mountpoint} already holds a {status[6:]} mount that is not the net_cls "
-                      f"hierarchy")
+        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} already holds a {status[6:]} mount that "
+                                        f"is not the net_cls hierarchy")
     if status == "missing":
         actions.append(("mkdirs", view.mountpoint, tuple(view.missing_dirs)))
     actions.append(("mount", tuple(view.mount_with), view.mountpoint))
@@ -469,26 +495,26 @@ def _plan_files(spec, current, actions, after):
 
 
 def plan(spec: NetClsSpec, view: NetClsView) -> Plan:
-    """The actions that make ``view`` match ``spec``, or NetClsError naming every problem."""
+    """The actions that make ``view`` match ``spec``, or a HostmeshError naming every problem."""
     path = os.path.join(view.mountpoint, spec.name)
     before = describe(view, spec, path)
-    errors, actions, pids_moved = [], [], []
+    problems, actions, pids_moved = Problems(), [], []
     controller = view.controller
     if spec.state == "present":
         if controller is None:
-            errors.append("this kernel has no net_cls cgroup controller (CONFIG_CGROUP_NET_CLASSID)")
+            _refuse(problems, None, "this kernel has no net_cls cgroup controller (CONFIG_CGROUP_NET_CLASSID)")
         elif not controller.enabled:
-            errors.append("the net_cls cgroup controller is disabled (cgroup_disable=net_cls on the kernel "
-                          "command line?)")
+            _refuse(problems, None, "the net_cls cgroup controller is disabled (cgroup_disable=net_cls on the "
+                                    "kernel command line?)")
         for pid in spec.pids:
             info = view.pids.get(pid)
             if info is None or not info.exists:
-                errors.append(f"pids: process {pid} does not exist")
+                _refuse(problems, "pids", f"pids: process {pid} does not exist")
             elif info.kernel_thread:
-                errors.append(f"pids: {pid} ({info.name}) is a kernel thread and cannot be moved")
+                _refuse(problems, "pids", f"pids: {pid} ({info.name}) is a kernel thread and cannot be moved")
             elif info.tgid != pid:
-                errors.append(f"pids: {pid} is a thread of process {info.tgid}; give the process id")
-        _plan_mount(spec, view, errors, actions)
+                _refuse(problems, "pids", f"pids: {pid} is a thread of process {info.tgid}; give the process id")
+        _plan_mount(spec, view, problems, actions)
         after = {"mountpoint": view.mountpoint, "mounted": True, "path": path, "cgroup": "present",
                  "classid": format_classid(spec.classid)}
         cgroup = view.cgroup
@@ -507,8 +533,8 @@ def plan(spec: NetClsSpec, view: NetClsView) -> Plan:
         after = dict(before)
         if view.cgroup is not None:
             if view.cgroup.children:
-                errors.append(f"cgroup {path} has child cgroups ({', '.join(view.cgroup.children)}); "
-                              f"remove them first")
+                _refuse(problems, "name", f"cgroup {path} has child cgroups ({', '.join(view.cgroup.children)}); "
+                                          f"remove them first")
             # Processes still inside go back to the hierarchy root (class id 0,
             # as if they had never been moved): removing the cgroup must not
             # kill the proxy, and rmdir is refused while any task is inside.
@@ -525,8 +551,7 @@ def plan(spec: NetClsSpec, view: NetClsView) -> Plan:
             if created:
                 actions.append(("rmdirs", tuple(created)))
             after["mounted"] = False
-    if errors:
-        raise NetClsError("; ".join(errors))
+    problems.raise_if_any()
     return Plan(before=before, after=after, actions=actions, path=path, mountpoint=view.mountpoint,
                 pids_moved=pids_moved)
 
@@ -563,7 +588,7 @@ def read_marker(path: str = MARKER_FILE) -> dict:
     except FileNotFoundError:
         return {}
     except ValueError as exc:
-        raise NetClsError(f"cannot parse {path}: {exc}") from exc
+        raise HostmeshError(f"cannot parse {path}: {exc}") from exc
     mounts = data.get("mounts", {}) if isinstance(data, dict) else {}
     return mounts if isinstance(mounts, dict) else {}
 
@@ -573,19 +598,9 @@ def write_marker(mounts: dict, path: str = MARKER_FILE) -> None:
         if os.path.exists(path):
             os.unlink(path)
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
     document = {"comment": "net_cls hierarchies mounted by hostmesh.sidecar.net_cls; "
                            "absent unmounts only these", "mounts": mounts}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".net_cls-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(document, indent=2, sort_keys=True) + "\n", prefix=".net_cls-")
 
 
 def _visible(entry: MountEntry) -> bool:
@@ -638,10 +653,8 @@ def read_cgroup(path: str) -> CgroupState | None:
 
 
 def read_pid(pid: int, proc: str = "/proc") -> PidState:
-    try:
-        return parse_pid_status(pid, _read(os.path.join(proc, str(pid), "status")))
-    except (FileNotFoundError, ProcessLookupError):
-        return PidState(pid=pid, exists=False)
+    values = read_proc_status(pid, proc)
+    return PidState(pid=pid, exists=False) if values is None else pid_state(pid, values)
 
 
 def read_view(spec: NetClsSpec, marker_file: str = MARKER_FILE) -> NetClsView:
@@ -675,15 +688,12 @@ def read_view(spec: NetClsSpec, marker_file: str = MARKER_FILE) -> NetClsView:
     return view
 
 
-def run_subprocess(argv):
-    """Command runner for the CLI: (rc, stdout, stderr) like AnsibleModule.run_command."""
-    env = dict(os.environ, **ENV)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 class NetClsManager:
-    """Read, plan and (outside check mode) act; ``run_command(argv) -> (rc, out, err)`` runs mount/umount."""
+    """Read, plan and (outside check mode) act; ``run_command(argv) -> (rc, out, err)`` runs mount/umount.
+
+    Raises HostmeshError only: an OSError from the cgroup files becomes one,
+    with the text the module has always shown ("net_cls: ...").
+    """
 
     def __init__(self, spec: NetClsSpec, run_command, check_mode=False, marker_file=MARKER_FILE,
                  warn=lambda msg: None):
@@ -695,6 +705,12 @@ class NetClsManager:
 
     def run(self) -> tuple:
         """(result dict, diff dict)."""
+        try:
+            return self._run()
+        except OSError as exc:
+            raise HostmeshError(f"net_cls: {exc}") from exc
+
+    def _run(self) -> tuple:
         spec = self.spec
         the_plan = plan(spec, read_view(spec, self.marker_file))
         if the_plan.changed and not self.check_mode:
@@ -709,7 +725,8 @@ class NetClsManager:
     def _cmd(self, argv):
         rc, out, err = self.run_command(argv)
         if rc != 0:
-            raise NetClsError(f"{' '.join(argv)} failed with exit code {rc}: {(err or out).strip()}")
+            raise HostmeshError(f"{' '.join(argv)} failed with exit code {rc}: {(err or out).strip()}",
+                                cmd=list(argv), rc=rc, stdout=out, stderr=err)
 
     def _do_mkdirs(self, the_plan, mountpoint, missing):
         os.makedirs(mountpoint, mode=0o755, exist_ok=True)
@@ -745,7 +762,7 @@ class NetClsManager:
         try:
             _write(os.path.join(the_plan.path, "cgroup.procs"), str(pid))
         except ProcessLookupError as exc:
-            raise NetClsError(f"pids: process {pid} exited before it could be moved") from exc
+            raise HostmeshError(f"pids: process {pid} exited before it could be moved") from exc
 
     def _do_evacuate(self, the_plan, path, root):
         # New children of a process inside start inside too, so repeat until
@@ -761,7 +778,7 @@ class NetClsManager:
                         _write(os.path.join(root, target), str(pid))
                     except ProcessLookupError:
                         pass  # exited meanwhile
-        raise NetClsError(f"could not move every process out of {path}")
+        raise HostmeshError(f"could not move every process out of {path}")
 
     def _do_rmdir(self, the_plan, path):
         os.rmdir(path)
@@ -800,27 +817,27 @@ class NetClsManager:
         view = read_view(spec, self.marker_file)
         if spec.state == "absent":
             if view.cgroup is not None and view.mountpoint == the_plan.mountpoint:
-                raise NetClsError(f"{the_plan.path} still exists after removal")
+                raise HostmeshError(f"{the_plan.path} still exists after removal")
             return
         cgroup = view.cgroup
         if not view.mounted or cgroup is None:
-            raise NetClsError(f"{the_plan.path} does not exist after creating it")
+            raise HostmeshError(f"{the_plan.path} does not exist after creating it")
         if cgroup.classid != spec.classid:
-            raise NetClsError(f"{the_plan.path}/net_cls.classid reads {cgroup.classid}, not {spec.classid}")
+            raise HostmeshError(f"{the_plan.path}/net_cls.classid reads {cgroup.classid}, not {spec.classid}")
         missing = [pid for pid in spec.pids if pid not in cgroup.procs]
         if missing:
-            raise NetClsError(f"processes {missing} are not in {the_plan.path} after moving them")
+            raise HostmeshError(f"processes {missing} are not in {the_plan.path} after moving them")
 
 
 # ---------------------------------------------------------------------------
-# Host-side CLI (for a privileged ExecStartPre step; no Ansible needed)
+# Host-side command (the boot unit's privileged ExecStartPre; no Ansible needed)
 # ---------------------------------------------------------------------------
 
-def cli(argv=None) -> int:
+def _argument_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="hostmesh_net_cls",
+        prog="hostmesh-net-cls",
         description="Create (ensure) or remove the net_cls cgroup exactly as hostmesh.sidecar.net_cls does. "
                     "Prints the result as JSON; exit code 0 on success, 2 on error.")
     parser.add_argument("action", choices=("ensure", "remove", "check"),
@@ -832,19 +849,30 @@ def cli(argv=None) -> int:
     parser.add_argument("--owner")
     parser.add_argument("--group")
     parser.add_argument("--pid", type=int, action="append", default=[], help="process to move in (repeatable)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_cli(argv) -> tuple:
+    """The host-side command, as (exit code, stdout, stderr); ``_host.cli_main`` prints them.
+
+    0: done (check: in sync), 1: check found a difference, 2: error.
+    """
+    usage_out, usage_err = io.StringIO(), io.StringIO()
+    try:
+        # argparse prints usage and help itself and exits: keep both in the returned text.
+        with contextlib.redirect_stdout(usage_out), contextlib.redirect_stderr(usage_err):
+            args = _argument_parser().parse_args(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 2
+        return code, usage_out.getvalue(), usage_err.getvalue()
     params = {"name": args.name, "classid": args.classid, "mountpoint": args.mountpoint, "owner": args.owner,
               "group": args.group, "pids": args.pid, "state": "absent" if args.action == "remove" else "present"}
+    warnings = []
     try:
         spec = validate_params(params)
-        result, _diff = NetClsManager(spec, run_subprocess, check_mode=args.action == "check",
-                                      warn=lambda msg: sys.stderr.write(f"warning: {msg}\n")).run()
-    except (NetClsError, OSError) as exc:
-        sys.stderr.write(f"hostmesh_net_cls: {exc}\n")
-        return 2
-    sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return 1 if args.action == "check" and result["changed"] else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())
+        result, _diff = NetClsManager(spec, run_command, check_mode=args.action == "check",
+                                      warn=warnings.append).run()
+    except HostmeshError as exc:
+        return 2, "", "".join(f"warning: {w}\n" for w in warnings) + f"hostmesh-net-cls: {exc}\n"
+    code = 1 if args.action == "check" and result["changed"] else 0
+    return code, json.dumps(result, indent=2, sort_keys=True) + "\n", "".join(f"warning: {w}\n" for w in warnings)

@@ -179,11 +179,10 @@ pids_moved:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import LC_ENV, HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._net_cls import (
     DEFAULT_CLASSID,
     DEFAULT_NAME,
-    ENV,
-    NetClsError,
     NetClsManager,
     validate_params,
 )
@@ -204,16 +203,13 @@ def main():
     )
 
     def run_command(argv):
-        return module.run_command([module.get_bin_path(argv[0], required=True)] + argv[1:], environ_update=ENV)
+        return module.run_command([module.get_bin_path(argv[0], required=True)] + argv[1:], environ_update=LC_ENV)
 
     try:
         spec = validate_params(module.params)
-        manager = NetClsManager(spec, run_command, check_mode=module.check_mode, warn=module.warn)
-        result, diff = manager.run()
-    except NetClsError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"net_cls: {exc}")
+        result, diff = NetClsManager(spec, run_command, check_mode=module.check_mode, warn=module.warn).run()
+    except HostmeshError as exc:
+        module.fail_json(**exc.fail_json_args())
     if module._diff:
         result["diff"] = diff
     module.exit_json(**result)

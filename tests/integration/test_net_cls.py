@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -515,10 +516,26 @@ def test_bad_input_fails_and_changes_nothing(sandbox, prefix, tmp_path):
         thread_holder.wait()
 
 
-def test_host_cli_ensure_check_remove(sandbox, prefix):
+def install_helper_directory(directory):
+    """The helper directory as the transparent_proxy role installs it: the engines under their host names."""
+    directory.mkdir()
+    module_utils = harness.REPO_ROOT / "plugins" / "module_utils"
+    for source, target in ((module_utils / "_host.py", "hostmesh_host.py"),
+                           (module_utils / "_net_cls.py", "hostmesh_net_cls.py"),
+                           (harness.REPO_ROOT / "roles" / "transparent_proxy" / "files" / "hostmesh-net-cls.py",
+                            "hostmesh-net-cls.py")):
+        shutil.copyfile(source, directory / target)
+    return directory / "hostmesh-net-cls.py"
+
+
+def test_host_cli_ensure_check_remove(sandbox, prefix, tmp_path):
     """The boot-time path: the same engine as a plain script (no Ansible), as a privileged ExecStartPre runs it."""
-    script = str(harness.REPO_ROOT / "plugins" / "module_utils" / "_net_cls.py")
+    script = str(install_helper_directory(tmp_path / "libexec"))
     cli = [harness.TARGET_PYTHON, script]
+    usage = sandbox.run(cli + ["--help"])
+    assert "ensure" in usage.stdout and usage.stderr == ""
+    unknown = sandbox.run(cli + ["mount"], check=False)
+    assert unknown.returncode == 2 and "invalid choice: 'mount'" in unknown.stderr
     args = ["--name", prefix, "--classid", "0x100003", "--owner", str(PROXY_UID)]
     ensured = sandbox.run(cli + ["ensure"] + args)
     path = "/sys/fs/cgroup/net_cls/" + prefix

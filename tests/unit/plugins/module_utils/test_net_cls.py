@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._net_cls import (
     OWN_MOUNTPOINT,
     V1_MOUNTPOINT,
     CgroupState,
     Controller,
     FileState,
-    NetClsError,
     NetClsSpec,
     NetClsView,
     PidState,
@@ -31,6 +31,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._net_cls import (
     parse_proc_cgroups,
     plan,
     result_fields,
+    run_cli,
     validate_params,
 )
 
@@ -87,14 +88,14 @@ def test_defaults():
     ("cgroup.procs", "control files"), ("net_cls.classid", "control files"), ("notify_on_release", "control files"),
 ])
 def test_bad_names(name, message):
-    with pytest.raises(NetClsError) as err:
+    with pytest.raises(HostmeshError) as err:
         validate(name=name)
     assert message in str(err.value) and str(err.value).startswith("name=")
 
 
 @pytest.mark.parametrize("path", ["relative/dir", "/", "/run/x/", "/run//x", "/run/../x", "/run/./x", "/a\nb"])
 def test_bad_mountpoints(path):
-    with pytest.raises(NetClsError, match="mountpoint="):
+    with pytest.raises(HostmeshError, match="mountpoint="):
         validate(mountpoint=path)
 
 
@@ -103,7 +104,7 @@ def test_bad_mountpoints(path):
     ([True], "pids: True is not a process id"), (["12"], "pids: '12' is not a process id"),
 ])
 def test_bad_pids(pids, message):
-    with pytest.raises(NetClsError) as err:
+    with pytest.raises(HostmeshError) as err:
         validate(pids=pids)
     assert message in str(err.value)
 
@@ -113,7 +114,7 @@ def test_duplicate_pids_collapse():
 
 
 def test_pids_only_with_present():
-    with pytest.raises(NetClsError, match="only be moved in with state=present"):
+    with pytest.raises(HostmeshError, match="only be moved in with state=present"):
         validate(pids=[5], state="absent")
 
 
@@ -124,7 +125,7 @@ def test_owner_and_group_by_name_or_number():
 
 
 def test_unknown_owner_and_group_and_more_are_reported_together():
-    with pytest.raises(NetClsError) as err:
+    with pytest.raises(HostmeshError) as err:
         validate(owner="nobody-here", group="nogroup-here", classid="zz", name="a/b")
     text = str(err.value)
     for part in ("owner='nobody-here': no such user", "group='nogroup-here': no such group", "classid='zz'",
@@ -306,7 +307,7 @@ def test_bad_pids_and_mountpoint_fail_together():
     view = unmounted_view(mountpoint_status="not-empty", missing_dirs=[], pids={
         100: PidState(100, False), 101: PidState(101, True, 99, name="worker"),
         102: PidState(102, True, 102, kernel_thread=True, name="kworker/0:1")})
-    with pytest.raises(NetClsError) as err:
+    with pytest.raises(HostmeshError) as err:
         plan(spec, view)
     text = str(err.value)
     assert "pids: process 100 does not exist" in text
@@ -318,14 +319,14 @@ def test_bad_pids_and_mountpoint_fail_together():
 @pytest.mark.parametrize("status, message", [
     ("not-directory", "exists and is not a directory"), ("mount:tmpfs", "already holds a tmpfs mount")])
 def test_unusable_mountpoint(status, message):
-    with pytest.raises(NetClsError, match=message):
+    with pytest.raises(HostmeshError, match=message):
         plan(validate(), unmounted_view(mountpoint_status=status, missing_dirs=[]))
 
 
 def test_missing_or_disabled_controller():
-    with pytest.raises(NetClsError, match="no net_cls cgroup controller"):
+    with pytest.raises(HostmeshError, match="no net_cls cgroup controller"):
         plan(validate(), unmounted_view(controller=None))
-    with pytest.raises(NetClsError, match="controller is disabled"):
+    with pytest.raises(HostmeshError, match="controller is disabled"):
         plan(validate(), unmounted_view(controller=Controller("net_cls", 0, 1, False)))
 
 
@@ -357,10 +358,27 @@ def test_absent_finishes_an_interrupted_unmount():
 
 
 def test_absent_refuses_child_cgroups():
-    with pytest.raises(NetClsError, match="has child cgroups .worker.; remove them first"):
+    with pytest.raises(HostmeshError, match="has child cgroups .worker.; remove them first"):
         plan(validate(state="absent"), mounted_view(cgroup_state(children=["worker"])))
 
 
 def test_absent_with_nothing_there_is_not_changed():
     result = plan(validate(state="absent"), unmounted_view())
     assert result.actions == [] and not result.changed and result.before == result.after
+
+
+# -- host-side command ------------------------------------------------------------------------
+
+def test_run_cli_reports_bad_input_as_exit_2_without_printing(capsys):
+    code, out, err = run_cli(["ensure", "--name", "a/b", "--classid", "zz"])
+    assert (code, out) == (2, "")
+    assert err.startswith("hostmesh-net-cls: ") and "classid='zz' is neither a hex number" in err and "name='a/b'" in err
+    assert capsys.readouterr() == ("", "")
+
+
+def test_run_cli_returns_usage_instead_of_exiting(capsys):
+    code, out, err = run_cli(["--help"])
+    assert code == 0 and "ensure" in out and err == ""
+    code, out, err = run_cli(["mount"])
+    assert code == 2 and out == "" and "invalid choice: 'mount'" in err
+    assert capsys.readouterr() == ("", "")
