@@ -10,18 +10,22 @@
 
 It is split the way the rest of the collection is:
 
+* ``OPTIONS``: every option declared once; the module's argument spec, the
+  defaults, the ``RedirectConfig`` fields and validation are derived from it;
 * pure functions: validate options into a ``RedirectConfig``, render the desired
-  rules, parse and canonicalise ``iptables-save`` output, and plan the one
-  ``iptables-restore --noflush`` block per IP family that turns the live rules
-  into the desired ones (unit-tested without a kernel);
+  rules as ``Rule`` values, parse ``iptables-save`` output, choose the variant,
+  and plan the one ``iptables-restore --noflush`` block per IP family that
+  turns the live rules into the desired ones (unit-tested without a kernel);
 * a thin side-effect layer (``Netfilter``) that reads with ``<variant>-save`` and
-  writes with ``<variant>-restore`` through an injected command runner.
+  writes with ``<variant>-restore`` through an injected command runner;
+* ``RedirectManager``: read, plan, act (skipped in check mode), read back;
+  ``run() -> (result, diff)``, errors are ``HostmeshError``.
 
-The file imports nothing outside the standard library on purpose: the
-transparent_proxy role copies it to managed hosts next to a small wrapper
+The file imports nothing outside the standard library and the collection's
+``_host`` on purpose: the transparent_proxy role copies both to managed hosts
+(``hostmesh_netfilter.py`` beside ``hostmesh_host.py``) with a small entry point
 (``hostmesh-redirect.py apply --config FILE``) that a systemd one-shot runs to
-restore the rules at boot with exactly the logic the module uses (no Ansible on
-the host).
+restore the rules at boot with exactly the logic the module uses.
 """
 
 from __future__ import annotations
@@ -32,23 +36,48 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import tempfile
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, make_dataclass
+
+try:
+    from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import (
+        MAX_ID,
+        HostmeshError,
+        Problems,
+        atomic_write,
+        parse_classid,
+        parse_int,
+        run_command,
+    )
+except ImportError:  # on a host: beside hostmesh_host.py in the helper directory
+    from hostmesh_host import (  # pylint: disable=import-error
+        MAX_ID,
+        HostmeshError,
+        Problems,
+        atomic_write,
+        parse_classid,
+        parse_int,
+        run_command,
+    )
 
 TABLE = "nat"
 FAMILIES = ("ipv4", "ipv6")
 BYPASS_MODES = ("uid", "gid", "mark", "net_cls", "cgroup_path")
 BACKENDS = ("auto", "nft", "legacy")
+VARIANTS = ("nft", "legacy")  # in order of preference
 JUMP_POSITIONS = ("append", "insert")
 # The suffixes of the chains this engine owns; nothing else in any table is ever
 # written, flushed or deleted.
 CHAIN_SUFFIXES = ("INBOUND", "IN_REDIRECT", "OUTPUT", "REDIRECT")
+# The chains a nat table has before anyone adds to it.
+BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+HOOK_CHAINS = ("PREROUTING", "OUTPUT")
 # iptables chain names are at most 28 characters (XT_EXTENSION_MAXNAMELEN - 1).
 MAX_CHAIN_NAME = 28
 # xt_multiport takes at most 15 ports per rule, a range counting as two.
 MULTIPORT_SLOTS = 15
-MAX_ID = 2 ** 32 - 2  # (uid_t)-1 means "no change" to the kernel
+# The family names of nft for a nat table iptables-nft created.
+NFT_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
 
 LOOPBACK = {"ipv4": "127.0.0.0/8", "ipv6": "::1/128"}
 # Only a connection's opening SYN enters the owned chains. When the first nat
@@ -56,87 +85,211 @@ LOOPBACK = {"ipv4": "127.0.0.0/8", "ipv6": "::1/128"}
 # picks up connections that already exist (the SSH session applying the rules)
 # mid-stream as NEW; without this match their next packet would be redirected
 # and the session cut. Real new connections always start with a SYN.
-NEW_TCP = "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
+NEW_TCP = ("-p", "tcp", "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
 # Envoy's inbound passthrough connects to the local workload from this source
 # (Istio's InboundPassthroughCluster address), so those connections are never
 # captured again.
 PASSTHROUGH_SOURCE = {"ipv4": "127.0.0.6/32", "ipv6": "::6/128"}
 
-DEFAULTS = {
-    "state": "present",
-    "inbound_port": 15006,
-    "outbound_port": 15001,
-    "capture_inbound": True,
-    "capture_outbound": True,
-    "inbound_ports": [],
-    "inbound_exclude_ports": [22],
-    "outbound_exclude_ports": [],
-    "outbound_include_cidrs": [],
-    "outbound_exclude_cidrs": [],
-    "bypass": "uid",
-    "proxy_uid": 1337,
-    "proxy_gid": None,
-    "proxy_mark": "0x1",
-    "proxy_classid": "0x100001",
-    "proxy_cgroup_path": None,
-    "exclude_uids": [],
-    "exclude_gids": [],
-    "ip_families": None,
-    "backend": "auto",
-    "chain_prefix": "HOSTMESH",
-    "jump_position": "append",
-    "wait": 5,
-    "rules_file": None,
-}
+
+# ---------------------------------------------------------------------------
+# Value parsers: value -> canonical value, or ValueError(reason)
+# ---------------------------------------------------------------------------
+
+PORT_SPEC_REASON = "must be a port (80) or a range (8000-8080)"
 
 
-class ConfigError(ValueError):
-    """Bad input, naming the option and the value at fault."""
-
-    def __init__(self, option: str, value, reason: str):
-        self.option = option
-        self.value = value
-        super().__init__(f"{option}={value!r}: {reason}")
+def parse_port(value) -> int:
+    return parse_int(value, 1, 65535)
 
 
-class NetfilterError(RuntimeError):
-    """A command failed or the host cannot do what was asked."""
+def parse_port_spec(value) -> str:
+    """A port ("80") or an inclusive range ("8000-8080" or "8000:8080") in
+    iptables' canonical spelling ("80", "8000:8080")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(parse_port(value))
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(PORT_SPEC_REASON)
+    parts = [part.strip() for part in re.split(r"[-:]", value.strip())]
+    if not all(part.isdigit() for part in parts) or len(parts) > 2:
+        raise ValueError(PORT_SPEC_REASON)
+    low, high = parse_port(parts[0]), parse_port(parts[-1])
+    if low > high:
+        raise ValueError("range start is greater than its end")
+    return str(low) if low == high else f"{low}:{high}"
 
-    def __init__(self, message: str, **details):
-        self.details = details
-        super().__init__(message)
+
+def parse_cidr(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be an IPv4 or IPv6 address or CIDR")
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError("is not a valid IPv4 or IPv6 address or CIDR") from None
+    # iptables prints the network address (host bits cleared) with the prefix
+    # length, so that is the spelling compared with the live rules.
+    return str(network)
+
+
+def parse_mark(value) -> str:
+    """A firewall mark, optionally with a mask, as iptables-save prints it."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError("must be a mark such as 0x1 or 0x10/0xff")
+    mark_text, dummy, mask_text = str(value).strip().partition("/")
+    if not mark_text:
+        raise ValueError("must be a mark such as 0x1 or 0x10/0xff")
+    mark = parse_int(mark_text, 0, 0xFFFFFFFF)
+    mask = parse_int(mask_text, 1, 0xFFFFFFFF) if mask_text else 0xFFFFFFFF
+    if mark == 0:
+        # Every socket starts with mark 0: a zero mark would exempt all traffic.
+        raise ValueError("must not be 0 (every unmarked socket has mark 0)")
+    if mark & ~mask:
+        raise ValueError("has bits set outside its mask")
+    return f"0x{mark:x}" if mask == 0xFFFFFFFF else f"0x{mark:x}/0x{mask:x}"
+
+
+def parse_cgroup_path(value) -> str:
+    """A cgroup v2 path relative to the cgroup2 root, without leading or
+    trailing slashes: iptables compares the text as written, so one spelling."""
+    if not isinstance(value, str) or not value.strip("/ "):
+        raise ValueError("must be a cgroup v2 path such as system.slice/hostmesh-envoy.service")
+    parts = [p for p in value.strip().split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError("must not contain '.' or '..'")
+    if any(c in value for c in "\"'\n\t "):
+        raise ValueError("must not contain quotes or whitespace")
+    path = "/".join(parts)
+    if len(path) > 4095:
+        raise ValueError("is too long")
+    return path
+
+
+def parse_chain_prefix(value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", value):
+        raise ValueError("must start with a letter and contain only letters, digits, '_' and '-'")
+    longest = max(len(s) for s in CHAIN_SUFFIXES) + 1
+    if len(value) + longest > MAX_CHAIN_NAME:
+        raise ValueError(f"is too long: chain names are limited to {MAX_CHAIN_NAME} characters "
+                         f"(at most {MAX_CHAIN_NAME - longest} for the prefix)")
+    return value
+
+
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("must be a boolean")
+
+
+def parse_absolute_path(value) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError("must be an absolute path")
+    return value
+
+
+def int_between(minimum: int, maximum: int):
+    def parse(value) -> int:
+        return parse_int(value, minimum, maximum)
+    return parse
 
 
 # ---------------------------------------------------------------------------
-# Validation: options -> RedirectConfig
+# The options, declared once
 # ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RedirectConfig:
-    state: str
-    inbound_port: int
-    outbound_port: int
-    capture_inbound: bool
-    capture_outbound: bool
-    inbound_ports: tuple
-    inbound_exclude_ports: tuple
-    outbound_exclude_ports: tuple
-    outbound_include_cidrs: tuple
-    outbound_exclude_cidrs: tuple
-    bypass: str
-    proxy_uid: int
-    proxy_gid: object
-    proxy_mark: str
-    proxy_classid: int
-    proxy_cgroup_path: object
-    exclude_uids: tuple
-    exclude_gids: tuple
-    ip_families: object
-    backend: str
+class Option:
+    """One module option: its Ansible spec and how the engine validates it.
+
+    ``parse`` canonicalises one value (one element for lists) or raises
+    ValueError; ``required_if`` is ``(option, value)``: required when that
+    option has that value. A None value means "not given": the default.
+    """
+    name: str
+    type: str
+    default: object = None
+    elements: str = None
+    choices: tuple = None
+    required_if: tuple = None
+    parse: object = None
+    empty_reason: str = None  # a list that must not be empty: why
+
+    def spec(self) -> dict:
+        spec = {"type": self.type}
+        if self.elements:
+            spec["elements"] = self.elements
+        if self.choices:
+            spec["choices"] = list(self.choices)
+        if self.default is not None:
+            spec["default"] = list(self.default) if isinstance(self.default, (list, tuple)) else self.default
+        return spec
+
+    def _parse_one(self, value):
+        if self.choices and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return self.parse(value) if self.parse else value
+
+    def validate(self, value, problems: Problems):
+        """The canonical value (lists as de-duplicated tuples); problems recorded."""
+        if value is None:
+            value = self.default
+        if value is None:
+            return None
+        if self.type != "list":
+            return problems.parse(self.name, self._parse_one, value)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items and self.empty_reason:
+            problems.add(self.name, value, self.empty_reason)
+        canonical = []
+        for item in items:
+            parsed = problems.parse(self.name, self._parse_one, item)
+            if parsed is not None and parsed not in canonical:
+                canonical.append(parsed)
+        return tuple(canonical)
+
+
+OPTIONS = (
+    Option("state", "str", "present", choices=("present", "absent")),
+    Option("inbound_port", "int", 15006, parse=parse_port),
+    Option("outbound_port", "int", 15001, parse=parse_port),
+    Option("capture_inbound", "bool", True, parse=parse_bool),
+    Option("capture_outbound", "bool", True, parse=parse_bool),
+    Option("inbound_ports", "list", (), elements="str", parse=parse_port_spec),
+    Option("inbound_exclude_ports", "list", ("22",), elements="str", parse=parse_port_spec),
+    Option("outbound_exclude_ports", "list", (), elements="str", parse=parse_port_spec),
+    Option("outbound_include_cidrs", "list", (), elements="str", parse=parse_cidr),
+    Option("outbound_exclude_cidrs", "list", (), elements="str", parse=parse_cidr),
+    Option("bypass", "str", "uid", choices=BYPASS_MODES),
+    Option("proxy_uid", "int", 1337, parse=int_between(0, MAX_ID)),
+    Option("proxy_gid", "int", required_if=("bypass", "gid"), parse=int_between(0, MAX_ID)),
+    Option("proxy_mark", "str", "0x1", parse=parse_mark),
+    Option("proxy_classid", "str", "0x100001", parse=parse_classid),
+    Option("proxy_cgroup_path", "str", required_if=("bypass", "cgroup_path"), parse=parse_cgroup_path),
+    Option("exclude_uids", "list", (), elements="int", parse=int_between(0, MAX_ID)),
+    Option("exclude_gids", "list", (), elements="int", parse=int_between(0, MAX_ID)),
+    Option("ip_families", "list", elements="str", choices=FAMILIES,
+           empty_reason="must be a non-empty list of ipv4 and/or ipv6"),
+    Option("backend", "str", "auto", choices=BACKENDS),
+    Option("chain_prefix", "str", "HOSTMESH", parse=parse_chain_prefix),
+    Option("jump_position", "str", "append", choices=JUMP_POSITIONS),
+    Option("wait", "int", 5, parse=int_between(0, 3600)),
+    Option("rules_file", "path", parse=parse_absolute_path),
+)
+OPTION_NAMES = tuple(option.name for option in OPTIONS)
+DEFAULTS = {option.name: option.default for option in OPTIONS}
+
+
+def argument_spec() -> dict:
+    return {option.name: option.spec() for option in OPTIONS}
+
+
+def required_if() -> list:
+    return [(option.required_if[0], option.required_if[1], [option.name]) for option in OPTIONS if option.required_if]
+
+
+class _ConfigMethods:
+    """What a RedirectConfig knows beyond its option values."""
+
     chain_prefix: str
-    jump_position: str
-    wait: int
-    rules_file: object
 
     def chain(self, suffix: str) -> str:
         return f"{self.chain_prefix}_{suffix}"
@@ -158,248 +311,124 @@ class RedirectConfig:
         return data
 
 
-def _as_int(option: str, value, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(option, value, "must be an integer")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
-        except ValueError:
-            raise ConfigError(option, value, "must be an integer") from None
-    elif isinstance(value, int):
-        number = value
-    else:
-        raise ConfigError(option, value, "must be an integer")
-    if not minimum <= number <= maximum:
-        raise ConfigError(option, value, f"must be between {minimum} and {maximum}")
-    return number
+# The validated options: one field per declared option, in declaration order.
+RedirectConfig = make_dataclass("RedirectConfig", [(name, object) for name in OPTION_NAMES],
+                                bases=(_ConfigMethods,), frozen=True)
 
 
-def parse_port(option: str, value) -> int:
-    return _as_int(option, value, 1, 65535)
+def config_from_params(params: dict):
+    """Validate module options (or a rules file's config) into a RedirectConfig.
 
-
-def parse_port_spec(option: str, value) -> str:
-    """A port ("80") or an inclusive range ("8000-8080" or "8000:8080") in
-    iptables' canonical spelling ("80", "8000:8080")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(parse_port(option, value))
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(option, value, "must be a port (80) or a range (8000-8080)")
-    parts = re.split(r"[-:]", value.strip())
-    if len(parts) == 1 and parts[0].isdigit():
-        return str(parse_port(option, parts[0]))
-    if len(parts) != 2:
-        raise ConfigError(option, value, "must be a port (80) or a range (8000-8080)")
-    low = parse_port(option, parts[0]) if parts[0].strip().isdigit() else None
-    high = parse_port(option, parts[1]) if parts[1].strip().isdigit() else None
-    if low is None or high is None:
-        raise ConfigError(option, value, "must be a port (80) or a range (8000-8080)")
-    if low > high:
-        raise ConfigError(option, value, "range start is greater than its end")
-    return str(low) if low == high else f"{low}:{high}"
-
-
-def parse_port_list(option: str, values) -> tuple:
-    if values is None:
-        return ()
-    if not isinstance(values, (list, tuple)):
-        values = [values]
-    seen = []
-    for value in values:
-        spec = parse_port_spec(option, value)
-        if spec not in seen:
-            seen.append(spec)
-    return tuple(seen)
-
-
-def parse_cidr_list(option: str, values) -> tuple:
-    if values is None:
-        return ()
-    if not isinstance(values, (list, tuple)):
-        values = [values]
-    seen = []
-    for value in values:
-        if not isinstance(value, str):
-            raise ConfigError(option, value, "must be an IPv4 or IPv6 address or CIDR")
-        try:
-            network = ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(option, value, "is not a valid IPv4 or IPv6 address or CIDR") from None
-        # iptables prints the network address (host bits cleared) with the
-        # prefix length, so that is the spelling compared with the live rules.
-        text = str(network)
-        if text not in seen:
-            seen.append(text)
-    return tuple(seen)
-
-
-def parse_mark(option: str, value) -> str:
-    """A firewall mark, optionally with a mask, as iptables-save prints it."""
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(option, value, "must be a mark such as 0x1 or 0x10/0xff")
-    text = str(value).strip()
-    mark_text, dummy, mask_text = text.partition("/")
-    mark = _as_int(option, mark_text, 0, 0xFFFFFFFF) if mark_text else None
-    if mark is None:
-        raise ConfigError(option, value, "must be a mark such as 0x1 or 0x10/0xff")
-    mask = _as_int(option, mask_text, 1, 0xFFFFFFFF) if mask_text else 0xFFFFFFFF
-    if mark == 0:
-        # Every socket starts with mark 0: a zero mark would exempt all traffic.
-        raise ConfigError(option, value, "must not be 0 (every unmarked socket has mark 0)")
-    if mark & ~mask:
-        raise ConfigError(option, value, "has bits set outside its mask")
-    return f"0x{mark:x}" if mask == 0xFFFFFFFF else f"0x{mark:x}/0x{mask:x}"
-
-
-def parse_classid(option: str, value) -> int:
-    """A net_cls classid (0xMMMMmmmm). iptables-save prints it in decimal."""
-    classid = _as_int(option, value, 0, 0xFFFFFFFF)
-    if classid == 0:
-        raise ConfigError(option, value, "must not be 0 (0 means 'no class' to net_cls)")
-    return classid
-
-
-def parse_cgroup_path(option: str, value) -> str:
-    """A cgroup v2 path relative to the cgroup2 root, without leading or
-    trailing slashes: iptables compares the text as written, so one spelling."""
-    if not isinstance(value, str) or not value.strip("/ "):
-        raise ConfigError(option, value, "must be a cgroup v2 path such as system.slice/hostmesh-envoy.service")
-    parts = [p for p in value.strip().split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise ConfigError(option, value, "must not contain '.' or '..'")
-    if any(c in value for c in "\"'\n\t "):
-        raise ConfigError(option, value, "must not contain quotes or whitespace")
-    path = "/".join(parts)
-    if len(path) > 4095:
-        raise ConfigError(option, value, "is too long")
-    return path
-
-
-def parse_id_list(option: str, values) -> tuple:
-    if values is None:
-        return ()
-    if not isinstance(values, (list, tuple)):
-        values = [values]
-    ids = []
-    for value in values:
-        number = _as_int(option, value, 0, MAX_ID)
-        if number not in ids:
-            ids.append(number)
-    return tuple(ids)
-
-
-def _as_bool(option: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(option, value, "must be a boolean")
-
-
-def _choice(option: str, value, choices) -> str:
-    if value not in choices:
-        raise ConfigError(option, value, f"must be one of {', '.join(choices)}")
-    return value
-
-
-def config_from_params(params: dict) -> RedirectConfig:
-    """Validate module options (or a rules file) into a RedirectConfig.
-
-    Raises ConfigError naming the first bad option and value; nothing on the
+    Every bad option is reported at once, in one HostmeshError; nothing on the
     host has been touched at that point.
     """
-    p = dict(DEFAULTS)
-    p.update({k: v for k, v in params.items() if v is not None or k in ("proxy_gid", "proxy_cgroup_path", "ip_families", "rules_file")})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(unknown[0], params[unknown[0]], "is not a known option")
+    problems = Problems("Invalid option ")
+    for name in sorted(set(params) - set(OPTION_NAMES)):
+        problems.add(name, params[name], "is not a known option")
+    values = {option.name: option.validate(params.get(option.name), problems) for option in OPTIONS}
 
-    state = _choice("state", p["state"], ("present", "absent"))
-    bypass = _choice("bypass", p["bypass"], BYPASS_MODES)
-    backend = _choice("backend", p["backend"], BACKENDS)
-    jump_position = _choice("jump_position", p["jump_position"], JUMP_POSITIONS)
-
-    prefix = p["chain_prefix"]
-    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", prefix or ""):
-        raise ConfigError("chain_prefix", prefix, "must start with a letter and contain only letters, digits, '_' and '-'")
-    longest = max(len(s) for s in CHAIN_SUFFIXES) + 1
-    if len(prefix) + longest > MAX_CHAIN_NAME:
-        raise ConfigError("chain_prefix", prefix, f"is too long: chain names are limited to {MAX_CHAIN_NAME} characters "
-                          f"(at most {MAX_CHAIN_NAME - longest} for the prefix)")
-
-    proxy_uid = _as_int("proxy_uid", p["proxy_uid"], 0, MAX_ID)
-    if bypass == "uid" and proxy_uid == 0:
-        raise ConfigError("proxy_uid", p["proxy_uid"], "must not be 0: exempting root would let all root traffic bypass the proxy")
-    proxy_gid = None
-    if p["proxy_gid"] is not None:
-        proxy_gid = _as_int("proxy_gid", p["proxy_gid"], 0, MAX_ID)
-    if bypass == "gid":
-        if proxy_gid is None:
-            raise ConfigError("proxy_gid", None, "is required when bypass=gid")
-        if proxy_gid == 0:
-            raise ConfigError("proxy_gid", p["proxy_gid"], "must not be 0: exempting group root would let root traffic bypass the proxy")
-    proxy_mark = parse_mark("proxy_mark", p["proxy_mark"])
-    proxy_classid = parse_classid("proxy_classid", p["proxy_classid"])
-    proxy_cgroup_path = None
-    if p["proxy_cgroup_path"] is not None:
-        proxy_cgroup_path = parse_cgroup_path("proxy_cgroup_path", p["proxy_cgroup_path"])
-    if bypass == "cgroup_path" and proxy_cgroup_path is None:
-        raise ConfigError("proxy_cgroup_path", None, "is required when bypass=cgroup_path")
-
-    inbound_port = parse_port("inbound_port", p["inbound_port"])
-    outbound_port = parse_port("outbound_port", p["outbound_port"])
-
-    families = p["ip_families"]
-    if families is not None:
-        if not isinstance(families, (list, tuple)) or not families:
-            raise ConfigError("ip_families", families, "must be a non-empty list of ipv4 and/or ipv6")
-        for family in families:
-            _choice("ip_families", family, FAMILIES)
-        families = tuple(f for f in FAMILIES if f in families)
-
-    wait = _as_int("wait", p["wait"], 0, 3600)
-    rules_file = p["rules_file"]
-    if rules_file is not None and (not isinstance(rules_file, str) or not os.path.isabs(rules_file)):
-        raise ConfigError("rules_file", rules_file, "must be an absolute path")
-
-    return RedirectConfig(
-        state=state,
-        inbound_port=inbound_port,
-        outbound_port=outbound_port,
-        capture_inbound=_as_bool("capture_inbound", p["capture_inbound"]),
-        capture_outbound=_as_bool("capture_outbound", p["capture_outbound"]),
-        inbound_ports=parse_port_list("inbound_ports", p["inbound_ports"]),
-        inbound_exclude_ports=parse_port_list("inbound_exclude_ports", p["inbound_exclude_ports"]),
-        outbound_exclude_ports=parse_port_list("outbound_exclude_ports", p["outbound_exclude_ports"]),
-        outbound_include_cidrs=parse_cidr_list("outbound_include_cidrs", p["outbound_include_cidrs"]),
-        outbound_exclude_cidrs=parse_cidr_list("outbound_exclude_cidrs", p["outbound_exclude_cidrs"]),
-        bypass=bypass,
-        proxy_uid=proxy_uid,
-        proxy_gid=proxy_gid,
-        proxy_mark=proxy_mark,
-        proxy_classid=proxy_classid,
-        proxy_cgroup_path=proxy_cgroup_path,
-        exclude_uids=parse_id_list("exclude_uids", p["exclude_uids"]),
-        exclude_gids=parse_id_list("exclude_gids", p["exclude_gids"]),
-        ip_families=families,
-        backend=backend,
-        chain_prefix=prefix,
-        jump_position=jump_position,
-        wait=wait,
-        rules_file=rules_file,
-    )
+    for option in OPTIONS:
+        if option.required_if:
+            other, wanted = option.required_if
+            if values[other] == wanted and values[option.name] is None:
+                problems.add(option.name, None, f"is required when {other}={wanted}")
+    if values["bypass"] == "uid" and values["proxy_uid"] == 0:
+        problems.add("proxy_uid", params.get("proxy_uid"),
+                     "must not be 0: exempting root would let all root traffic bypass the proxy")
+    if values["bypass"] == "gid" and values["proxy_gid"] == 0:
+        problems.add("proxy_gid", params.get("proxy_gid"),
+                     "must not be 0: exempting group root would let root traffic bypass the proxy")
+    problems.raise_if_any()
+    if values["ip_families"] is not None:
+        values["ip_families"] = tuple(f for f in FAMILIES if f in values["ip_families"])
+    return RedirectConfig(**values)
 
 
 # ---------------------------------------------------------------------------
-# Rendering: RedirectConfig -> desired rules, in iptables-save spelling
+# Rules as values
 # ---------------------------------------------------------------------------
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.:/+=@%^,!-]+")
+
+
+def quote(token: str, always: bool = False) -> str:
+    """Quote a token like iptables-save: comments always, others only when needed."""
+    if not always and _SAFE_TOKEN.fullmatch(token):
+        return token
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_tokens(line: str) -> tuple:
+    """A rule line as tokens, iptables-save's quoting undone."""
+    try:
+        return tuple(shlex.split(line))
+    except ValueError:
+        return tuple(line.split())
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: its chain and its parameter tokens (Istio's Rule{chain, params}).
+
+    Two rules are equal when their tokens are: iptables-save's quoting is the
+    only spelling difference from how this engine renders, because rules are
+    rendered in iptables-save's own order. ``spelling`` is the line as
+    iptables-save printed it, kept for diffs only.
+    """
+    chain: str
+    params: tuple
+    spelling: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, line: str) -> "Rule":
+        tokens = split_tokens(line)
+        if len(tokens) < 2 or tokens[0] != "-A":
+            raise HostmeshError(f"not an iptables-save rule: {line}")
+        return cls(tokens[1], tokens[2:], line)
+
+    def _render(self, command: str) -> str:
+        params = [quote(token, always=previous == "--comment")
+                  for previous, token in zip(("",) + self.params, self.params)]
+        return " ".join(command + params)
+
+    def append(self) -> str:
+        return self._render(["-A", self.chain])
+
+    def insert(self, position: int) -> str:
+        return self._render(["-I", self.chain, str(position)])
+
+    def delete(self) -> str:
+        return self._render(["-D", self.chain])
+
+    def text(self) -> str:
+        """The line as iptables-save prints it (the live spelling when known)."""
+        return self.spelling or self.append()
+
+    @property
+    def target(self):
+        for option, value in zip(self.params, self.params[1:]):
+            if option in ("-j", "--jump", "-g", "--goto"):
+                return value
+        return None
+
+    def carries_comment(self, comment: str) -> bool:
+        return any(pair == ("--comment", comment) for pair in zip(self.params, self.params[1:]))
+
+
+def rule(chain: str, *parts) -> Rule:
+    """A Rule from parameter parts, each a token or a tuple of tokens."""
+    params = []
+    for part in parts:
+        params += list(part) if isinstance(part, tuple) else [str(part)]
+    return Rule(chain, tuple(params))
+
 
 @dataclass
 class Ruleset:
     """The objects this engine owns in one family's nat table.
 
-    ``rules`` hold "-A <owned chain> ..." lines and ``jumps`` the tagged
-    "-A PREROUTING|OUTPUT ..." lines, both in the order iptables-save prints.
+    ``rules`` are the Rules of the owned chains and ``jumps`` the tagged Rules
+    in PREROUTING/OUTPUT, both in the order iptables-save prints them.
     """
     chains: list = field(default_factory=list)
     rules: list = field(default_factory=list)
@@ -414,7 +443,7 @@ class Ruleset:
             return []
         out = [f"*{TABLE}"]
         out += [f":{chain} - [0:0]" for chain in self.chains]
-        out += self.jumps + self.rules
+        out += [r.text() for r in self.jumps + self.rules]
         out.append("COMMIT")
         return out
 
@@ -423,12 +452,21 @@ class Ruleset:
         return "\n".join(lines) + "\n" if lines else ""
 
 
-def quote(text: str) -> str:
-    """Quote like iptables-save: double quotes only where needed."""
-    if re.fullmatch(r"[A-Za-z0-9_.:/+=@%^,-]+", text) and ":" not in text:
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def chains_in_sync(live: Ruleset, desired: Ruleset) -> bool:
+    """The owned chains exist and hold the desired rules, in order."""
+    return sorted(live.chains) == sorted(desired.chains) and live.rules == desired.rules
 
+
+def in_sync(live: Ruleset, desired: Ruleset) -> bool:
+    """Nothing to write: the one test used by planning and by the read-back
+    after an apply. Jumps count as a multiset: their position among other
+    tools' rules is theirs to keep, but a duplicate is drift."""
+    return chains_in_sync(live, desired) and Counter(live.jumps) == Counter(desired.jumps)
+
+
+# ---------------------------------------------------------------------------
+# Rendering: RedirectConfig -> desired rules
+# ---------------------------------------------------------------------------
 
 def multiport_chunks(ports) -> list:
     """Split port specs into groups that fit one xt_multiport match."""
@@ -450,76 +488,80 @@ def cidrs_of_family(cidrs, family: str) -> list:
     return [c for c in cidrs if ipaddress.ip_network(c).version == version]
 
 
-def proxy_match(config: RedirectConfig, negate: bool, cgroup_id=None) -> str:
+def proxy_match(config, negate: bool, cgroup_id=None) -> tuple:
     """The match that identifies the proxy's own sockets, per bypass mode."""
-    bang = "! " if negate else ""
+    bang = ("!",) if negate else ()
     if config.bypass == "uid":
-        return f"-m owner {bang}--uid-owner {config.proxy_uid}"
+        return ("-m", "owner") + bang + ("--uid-owner", str(config.proxy_uid))
     if config.bypass == "gid":
-        return f"-m owner {bang}--gid-owner {config.proxy_gid}"
+        return ("-m", "owner") + bang + ("--gid-owner", str(config.proxy_gid))
     if config.bypass == "mark":
-        return f"-m mark {bang}--mark {config.proxy_mark}"
+        return ("-m", "mark") + bang + ("--mark", config.proxy_mark)
     if config.bypass == "net_cls":
-        return f"-m cgroup {bang}--cgroup {config.proxy_classid}"
+        # iptables-save prints the classid in decimal.
+        return ("-m", "cgroup") + bang + ("--cgroup", str(config.proxy_classid))
     # xt_cgroup binds a --path rule to the cgroup object when the rule is
     # inserted: if systemd removes and re-creates the unit's cgroup, the rule
     # text stays the same but no longer matches. Carrying the cgroup's id in a
     # comment makes that visible as drift, so the next apply re-inserts it.
-    comment = f"-m comment --comment {quote(f'hostmesh:cgroup-id={cgroup_id}')} " if cgroup_id is not None else ""
-    return f"{comment}-m cgroup {bang}--path {quote(config.proxy_cgroup_path)}"
+    comment = ("-m", "comment", "--comment", f"hostmesh:cgroup-id={cgroup_id}") if cgroup_id is not None else ()
+    return comment + ("-m", "cgroup") + bang + ("--path", config.proxy_cgroup_path)
 
 
-def render_ruleset(config: RedirectConfig, family: str, cgroup_id=None) -> Ruleset:
+def _dports(chunk) -> tuple:
+    return ("-p", "tcp", "-m", "multiport", "--dports", ",".join(chunk))
+
+
+def render_ruleset(config, family: str, cgroup_id=None) -> Ruleset:
     """The desired owned objects of one family (empty when state=absent)."""
     ruleset = Ruleset()
     if config.state == "absent":
         return ruleset
-    c = config.chain
-    inbound, in_redirect, output, redirect = (c(s) for s in CHAIN_SUFFIXES)
-    tag = quote(config.tag)
+    inbound, in_redirect, output, redirect = config.owned_chains
+    tagged = ("-m", "comment", "--comment", config.tag)
 
-    def proxy(negate: bool) -> str:
+    def proxy(negate: bool) -> tuple:
         return proxy_match(config, negate, cgroup_id)
 
     if config.capture_inbound:
         ruleset.chains += [inbound, in_redirect]
-        ruleset.jumps.append(f"-A PREROUTING {NEW_TCP} -m comment --comment {tag} -j {inbound}")
+        ruleset.jumps.append(rule("PREROUTING", NEW_TCP, tagged, "-j", inbound))
         for chunk in multiport_chunks(config.inbound_exclude_ports):
-            ruleset.rules.append(f"-A {inbound} -p tcp -m multiport --dports {','.join(chunk)} -j RETURN")
+            ruleset.rules.append(rule(inbound, _dports(chunk), "-j", "RETURN"))
         if config.inbound_ports:
             for chunk in multiport_chunks(config.inbound_ports):
-                ruleset.rules.append(f"-A {inbound} -p tcp -m multiport --dports {','.join(chunk)} -j {in_redirect}")
+                ruleset.rules.append(rule(inbound, _dports(chunk), "-j", in_redirect))
         else:
-            ruleset.rules.append(f"-A {inbound} -p tcp -j {in_redirect}")
-        ruleset.rules.append(f"-A {in_redirect} -p tcp -j REDIRECT --to-ports {config.inbound_port}")
+            ruleset.rules.append(rule(inbound, "-p", "tcp", "-j", in_redirect))
+        ruleset.rules.append(rule(in_redirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports", config.inbound_port))
 
     if config.capture_outbound:
         ruleset.chains += [output, redirect]
-        ruleset.jumps.append(f"-A OUTPUT {NEW_TCP} -m comment --comment {tag} -j {output}")
+        ruleset.jumps.append(rule("OUTPUT", NEW_TCP, tagged, "-j", output))
         loopback = LOOPBACK[family]
         # Envoy's inbound passthrough (source 127.0.0.6 / ::6) talking to the workload.
-        ruleset.rules.append(f"-A {output} -s {PASSTHROUGH_SOURCE[family]} -o lo -j RETURN")
+        ruleset.rules.append(rule(output, "-s", PASSTHROUGH_SOURCE[family], "-o", "lo", "-j", "RETURN"))
         if config.capture_inbound:
             # The proxy calling its own host's address goes through the inbound
             # listener, as a call from another host would (Istio's hairpin rule).
-            ruleset.rules.append(f"-A {output} ! -d {loopback} -o lo -p tcp {proxy(False)} -j {inbound}")
+            ruleset.rules.append(rule(output, "!", "-d", loopback, "-o", "lo", "-p", "tcp", proxy(False), "-j", inbound))
         # A workload calling its own host over loopback is not mesh traffic.
-        ruleset.rules.append(f"-A {output} -o lo {proxy(True)} -j RETURN")
-        ruleset.rules.append(f"-A {output} -d {loopback} -j RETURN")
+        ruleset.rules.append(rule(output, "-o", "lo", proxy(True), "-j", "RETURN"))
+        ruleset.rules.append(rule(output, "-d", loopback, "-j", "RETURN"))
         for uid in config.exclude_uids:
-            ruleset.rules.append(f"-A {output} -m owner --uid-owner {uid} -j RETURN")
+            ruleset.rules.append(rule(output, "-m", "owner", "--uid-owner", uid, "-j", "RETURN"))
         for gid in config.exclude_gids:
-            ruleset.rules.append(f"-A {output} -m owner --gid-owner {gid} -j RETURN")
+            ruleset.rules.append(rule(output, "-m", "owner", "--gid-owner", gid, "-j", "RETURN"))
         for chunk in multiport_chunks(config.outbound_exclude_ports):
-            ruleset.rules.append(f"-A {output} -p tcp -m multiport --dports {','.join(chunk)} -j RETURN")
+            ruleset.rules.append(rule(output, _dports(chunk), "-j", "RETURN"))
         for cidr in cidrs_of_family(config.outbound_exclude_cidrs, family):
-            ruleset.rules.append(f"-A {output} -d {cidr} -j RETURN")
+            ruleset.rules.append(rule(output, "-d", cidr, "-j", "RETURN"))
         if config.outbound_include_cidrs:
             for cidr in cidrs_of_family(config.outbound_include_cidrs, family):
-                ruleset.rules.append(f"-A {output} -d {cidr} {proxy(True)} -j {redirect}")
+                ruleset.rules.append(rule(output, "-d", cidr, proxy(True), "-j", redirect))
         else:
-            ruleset.rules.append(f"-A {output} {proxy(True)} -j {redirect}")
-        ruleset.rules.append(f"-A {redirect} -p tcp -j REDIRECT --to-ports {config.outbound_port}")
+            ruleset.rules.append(rule(output, proxy(True), "-j", redirect))
+        ruleset.rules.append(rule(redirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports", config.outbound_port))
     return ruleset
 
 
@@ -551,7 +593,7 @@ def parse_save(text: str) -> dict:
             continue
         incompatible = INCOMPATIBLE.match(line)
         if incompatible:
-            raise NetfilterError(
+            raise HostmeshError(
                 f"the {incompatible.group(1)} table holds native nftables rules that iptables-nft cannot show; "
                 "hostmesh will not change a table it cannot read")
         if line.startswith("#"):
@@ -561,42 +603,18 @@ def parse_save(text: str) -> dict:
         elif line == "COMMIT":
             current = None
         elif current is None:
-            raise NetfilterError(f"unexpected line outside a table in iptables-save output: {line}")
+            raise HostmeshError(f"unexpected line outside a table in iptables-save output: {line}")
         elif line.startswith(":"):
             name, dummy, rest = line[1:].partition(" ")
             current.chains[name] = rest.split(" ", 1)[0] if rest else "-"
         elif line.startswith("-A "):
             current.rules.append(line)
         else:
-            raise NetfilterError(f"unexpected line in iptables-save output: {line}")
+            raise HostmeshError(f"unexpected line in iptables-save output: {line}")
     return tables
 
 
-def rule_tokens(line: str) -> tuple:
-    """A rule line as a token tuple: the canonical form used for comparison.
-
-    Rendered rules are written in iptables-save's own order and spelling, so
-    only quoting can differ, and shlex undoes the quoting.
-    """
-    try:
-        return tuple(shlex.split(line))
-    except ValueError:
-        return tuple(line.split())
-
-
-def rule_chain(line: str) -> str:
-    return line.split()[1]
-
-
-def rule_target(line: str):
-    tokens = rule_tokens(line)
-    for index, token in enumerate(tokens[:-1]):
-        if token in ("-j", "--jump", "-g", "--goto"):
-            return tokens[index + 1]
-    return None
-
-
-def owned_view(dump, config: RedirectConfig) -> Ruleset:
+def owned_view(dump, config) -> Ruleset:
     """The objects of a live nat table that belong to this engine.
 
     Ownership: the chains named <prefix>_<suffix>, and rules in built-in chains
@@ -606,36 +624,26 @@ def owned_view(dump, config: RedirectConfig) -> Ruleset:
     if dump is None:
         return view
     owned = set(config.owned_chains)
-    tag_tokens = ("--comment", config.tag)
     view.chains = [name for name in dump.chains if name in owned]
     for line in dump.rules:
-        chain = rule_chain(line)
-        if chain in owned:
-            view.rules.append(line)
-            continue
-        tokens = rule_tokens(line)
-        carries_tag = any(tokens[i:i + 2] == tag_tokens for i in range(len(tokens) - 1))
-        if rule_target(line) in owned or carries_tag:
-            view.jumps.append(line)
+        live = Rule.parse(line)
+        if live.chain in owned:
+            view.rules.append(live)
+        elif live.target in owned or live.carries_comment(config.tag):
+            view.jumps.append(live)
     return view
 
 
-def foreign_lines(save_text: str, config: RedirectConfig) -> list:
-    """Every line of an iptables-save dump that this engine does not own
-    (tests use it to prove other tools' rules come through byte for byte)."""
-    owned = set(config.owned_chains)
-    out = []
-    for raw in save_text.splitlines():
-        line = raw.strip()
-        if line.startswith("#") or not line:
-            continue
-        if line.startswith(":") and line[1:].split(" ")[0] in owned:
-            continue
-        if line.startswith("-A "):
-            if rule_chain(line) in owned or rule_target(line) in owned:
-                continue
-        out.append(re.sub(r"\[\d+:\d+\]$", "[0:0]", line) if line.startswith(":") else line)
-    return out
+def left_empty(dump, owned: Ruleset) -> bool:
+    """Whether a nat table holds nothing but ``owned`` and its built-in chains
+    with policy ACCEPT: what a table nobody else uses looks like."""
+    if dump is None:
+        return False
+    for name, policy in dump.chains.items():
+        if name not in owned.chains and (name not in BUILTIN_CHAINS or policy != "ACCEPT"):
+            return False
+    # owned_view takes every owned rule, so any other rule is somebody else's.
+    return len(dump.rules) == len(owned.rules) + len(owned.jumps)
 
 
 # ---------------------------------------------------------------------------
@@ -653,11 +661,7 @@ class Plan:
         return bool(self.restore)
 
 
-def _same_rules(a, b) -> bool:
-    return [rule_tokens(x) for x in a] == [rule_tokens(x) for x in b]
-
-
-def plan_table(live: Ruleset, desired: Ruleset, config: RedirectConfig) -> Plan:
+def plan_table(live: Ruleset, desired: Ruleset, config) -> Plan:
     """Compute the restore block that makes ``live`` equal to ``desired``.
 
     * Owned chains are replaced as a whole (":CHAIN - [0:0]" flushes them in
@@ -665,49 +669,76 @@ def plan_table(live: Ruleset, desired: Ruleset, config: RedirectConfig) -> Plan:
       block as one transaction, so there is no window without rules.
     * Jump rules that are already right are left alone (keeping counters and
       their position among other tools' rules); only missing ones are added and
-      stale or duplicate ones deleted by their exact live text.
+      stale or duplicate ones deleted.
     * Nothing else in the table is named, so nothing else can change.
     """
-    chains_in_sync = (sorted(live.chains) == sorted(desired.chains)
-                      and _same_rules(live.rules, desired.rules))
-
-    keep, delete = [], []
-    wanted = [rule_tokens(j) for j in desired.jumps]
-    for line in live.jumps:
-        tokens = rule_tokens(line)
-        if tokens in wanted and tokens not in [rule_tokens(k) for k in keep]:
-            keep.append(line)
-        else:
-            delete.append(line)
-    kept = [rule_tokens(k) for k in keep]
-    add = [j for j in desired.jumps if rule_tokens(j) not in kept]
-
     # Shown "after": the live spelling of every rule that stays (iptables-save
     # quotes differently from us), so a diff only shows real changes.
-    spelled = {rule_tokens(line): line for line in live.rules + live.jumps}
-    after = Ruleset(list(desired.chains),
-                    [spelled.get(rule_tokens(line), line) for line in desired.rules],
-                    [spelled.get(rule_tokens(line), line) for line in desired.jumps])
-    if chains_in_sync and not delete and not add:
+    spelled = {r: r for r in live.rules + live.jumps}
+    after = Ruleset(list(desired.chains), [spelled.get(r, r) for r in desired.rules],
+                    [spelled.get(j, j) for j in desired.jumps])
+    if in_sync(live, desired):
         return Plan("", live, after)
 
+    keep, delete = [], []
+    for jump in live.jumps:
+        (keep if jump in desired.jumps and jump not in keep else delete).append(jump)
+    add = [jump for jump in desired.jumps if jump not in keep]
+    rewrite_chains = not chains_in_sync(live, desired)
+
     lines = [f"*{TABLE}"]
-    if not chains_in_sync:
+    if rewrite_chains:
         lines += [f":{chain} - [0:0]" for chain in desired.chains]
-    lines += ["-D" + line[2:] for line in delete]
-    if not chains_in_sync:
+    lines += [jump.delete() for jump in delete]
+    if rewrite_chains:
         stale = [chain for chain in live.chains if chain not in desired.chains]
         # Flush before deleting: owned chains may reference each other.
         lines += [f"-F {chain}" for chain in stale]
         lines += [f"-X {chain}" for chain in stale]
-        lines += desired.rules
-    for line in add:
-        if config.jump_position == "insert":
-            lines.append("-I" + line[2:].replace(f" {rule_chain(line)} ", f" {rule_chain(line)} 1 ", 1))
-        else:
-            lines.append(line)
+        lines += [r.append() for r in desired.rules]
+    lines += [jump.insert(1) if config.jump_position == "insert" else jump.append() for jump in add]
     lines.append("COMMIT")
     return Plan("\n".join(lines) + "\n", live, after)
+
+
+# ---------------------------------------------------------------------------
+# Choosing the variant (backend=auto)
+# ---------------------------------------------------------------------------
+
+def choose_variant(available, requested: str, holding_ours=(), holding_rules=(), configured=None,
+                   other_family=None) -> str:
+    """The iptables variant one family's rules go to.
+
+    An explicit backend wins. auto: the variant that already holds our chains;
+    else legacy when only legacy holds rules (an old-style host); when neither
+    holds rules, what the host's unsuffixed iptables/ip6tables command is
+    (``configured``, the alternatives choice the admin's own commands use) and
+    else the variant the other IP family went to, so that both families land
+    where ``iptables -t nat -S`` and ``ip6tables -t nat -S`` show them; nft
+    otherwise.
+    """
+    if requested != "auto":
+        return requested
+    for name in VARIANTS:
+        if name in available and name in holding_ours:
+            return name
+    busy = [name for name in VARIANTS if name in available and name in holding_rules]
+    if busy == ["legacy"]:
+        return "legacy"
+    if not busy:
+        for hint in (configured, other_family):
+            if hint in available:
+                return hint
+    return "nft" if "nft" in available else "legacy"
+
+
+def variant_of_version(text: str):
+    """Which variant an ``iptables --version`` output names, or None."""
+    if "nf_tables" in text:
+        return "nft"
+    if "legacy" in text:
+        return "legacy"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -726,13 +757,6 @@ def find_binary(name: str):
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def default_runner(argv, data=None):
-    """Command runner for the host-side CLI (the module passes its own)."""
-    proc = subprocess.run(argv, input=data, capture_output=True, text=True,
-                          env=dict(os.environ, LC_ALL="C"), check=False)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def ipv6_enabled() -> bool:
@@ -759,6 +783,10 @@ def legacy_tables(family: str) -> list:
         return []
 
 
+def command_prefix(family: str) -> str:
+    return "iptables" if family == "ipv4" else "ip6tables"
+
+
 @dataclass
 class Variant:
     name: str       # "nft" or "legacy"
@@ -769,21 +797,17 @@ class Variant:
 class Netfilter:
     """Reads and writes one family's nat table through iptables-save/-restore."""
 
-    def __init__(self, config: RedirectConfig, runner=default_runner, warn=None):
+    def __init__(self, config, runner=run_command, warn=None):
         self.config = config
         self.run = runner
         self.warn = warn or (lambda message: None)
 
     # -- binaries ---------------------------------------------------------
-    @staticmethod
-    def _prefix(family: str) -> str:
-        return "iptables" if family == "ipv4" else "ip6tables"
-
     def variants(self, family: str) -> dict:
         """Variants whose binaries exist, by name."""
-        prefix = self._prefix(family)
+        prefix = command_prefix(family)
         found = {}
-        for name in ("nft", "legacy"):
+        for name in VARIANTS:
             save = find_binary(f"{prefix}-{name}-save")
             restore = find_binary(f"{prefix}-{name}-restore")
             if save and restore:
@@ -793,9 +817,17 @@ class Netfilter:
             save, restore = find_binary(f"{prefix}-save"), find_binary(f"{prefix}-restore")
             if save and restore:
                 rc, out, err = self.run([save, "--version"])
-                name = "nft" if "nf_tables" in (out + err) else "legacy"
+                name = variant_of_version(out + err) or "legacy"
                 found[name] = Variant(name, save, restore)
         return found
+
+    def configured_variant(self, family: str):
+        """The variant of the unsuffixed iptables/ip6tables (the host's alternatives), or None."""
+        binary = find_binary(command_prefix(family))
+        if not binary:
+            return None
+        rc, out, err = self.run([binary, "--version"])
+        return variant_of_version(out + err) if rc == 0 else None
 
     def family_available(self, family: str) -> bool:
         if family == "ipv6" and not ipv6_enabled():
@@ -813,8 +845,8 @@ class Netfilter:
             return ""
         rc, out, err = self.run([variant.save])
         if rc != 0:
-            raise NetfilterError(f"{variant.save} failed (rc={rc}): {err.strip()}",
-                                 cmd=variant.save, rc=rc, stdout=out, stderr=err)
+            raise HostmeshError(f"{variant.save} failed (rc={rc}): {err.strip()}",
+                                cmd=variant.save, rc=rc, stdout=out, stderr=err)
         return out
 
     def read(self, variant: Variant, family: str):
@@ -822,50 +854,36 @@ class Netfilter:
         text = self.save(variant, family)
         return text, parse_save(text).get(TABLE)
 
-    # -- choosing the variant ---------------------------------------------
-    def choose(self, family: str):
+    def choose(self, family: str, other_family=None):
         """Pick the variant to write to; return (variant, {name: (text, nat dump)}).
 
-        auto: the variant that already holds our chains, else the one that
-        holds rules when only one does (legacy on an old-style host), else nft.
-        A warning is given whenever the other variant has rules in the same
-        hooks: the kernel evaluates both, in an order the admin should know.
+        See choose_variant. A warning is given whenever the other variant has
+        rules in the same hooks: the kernel evaluates both, in an order the
+        admin should know.
         """
         available = self.variants(family)
         if not available:
-            raise NetfilterError(f"no iptables binaries for {family} found (install the iptables package)")
+            raise HostmeshError(f"no iptables binaries for {family} found (install the iptables package)")
         wanted = self.config.backend
         if wanted != "auto" and wanted not in available:
-            raise NetfilterError(f"backend={wanted} was requested but {self._prefix(family)}-{wanted}-save/-restore "
-                                 f"are not installed (found: {', '.join(sorted(available))})")
+            raise HostmeshError(f"backend={wanted} was requested but {command_prefix(family)}-{wanted}-save/-restore "
+                                f"are not installed (found: {', '.join(sorted(available))})")
         dumps = {name: self.read(variant, family) for name, variant in available.items()}
         views = {name: owned_view(dump, self.config) for name, (text, dump) in dumps.items()}
-
-        def holds_ours(name):
-            return not views[name].is_empty()
-
-        def holds_rules(name):
-            text = dumps[name][0]
-            return any(line.startswith("-A ") for line in text.splitlines())
-
-        if wanted != "auto":
-            chosen = wanted
-        else:
-            ours = [n for n in ("nft", "legacy") if n in available and holds_ours(n)]
-            busy = [n for n in ("nft", "legacy") if n in available and holds_rules(n)]
-            if ours:
-                chosen = ours[0]
-            elif busy == ["legacy"]:
-                chosen = "legacy"
-            else:
-                chosen = "nft" if "nft" in available else "legacy"
+        holding_ours = [name for name in available if not views[name].is_empty()]
+        holding_rules = [name for name in available
+                         if any(line.startswith("-A ") for line in dumps[name][0].splitlines())]
+        # Only asked when it can decide, so a run with nothing to do stays read-only.
+        configured = None
+        if wanted == "auto" and not holding_ours and not holding_rules:
+            configured = self.configured_variant(family)
+        chosen = choose_variant(available, wanted, holding_ours, holding_rules, configured, other_family)
         for other in available:
-            if other == chosen:
-                continue
             dump = dumps[other][1]
-            hooked = [r for r in (dump.rules if dump else []) if rule_chain(r) in ("PREROUTING", "OUTPUT")
-                      and r not in views[other].jumps]
-            if hooked and self.config.state == "present":
+            if other == chosen or dump is None or self.config.state != "present":
+                continue
+            hooked = [r for r in map(Rule.parse, dump.rules) if r.chain in HOOK_CHAINS and r not in views[other].jumps]
+            if hooked:
                 self.warn(f"{family}: iptables-{other} also holds {len(hooked)} nat PREROUTING/OUTPUT rule(s); "
                           f"hostmesh writes to iptables-{chosen}. The kernel runs both variants' nat hooks, and the "
                           f"first to rewrite a connection wins; set backend to choose explicitly.")
@@ -879,8 +897,16 @@ class Netfilter:
             argv += ["-w", str(self.config.wait)]
         rc, out, err = self.run(argv, block)
         if rc != 0:
-            raise NetfilterError(f"{variant.restore} --noflush failed (rc={rc}): {err.strip()}",
-                                 cmd=" ".join(argv), rc=rc, stdout=out, stderr=err, restore_input=block)
+            raise HostmeshError(f"{variant.restore} --noflush failed (rc={rc}): {err.strip()}",
+                                cmd=" ".join(argv), rc=rc, stdout=out, stderr=err, restore_input=block)
+
+    def delete_nft_table(self, family: str) -> None:
+        """Delete the nft nat table of a family (the caller checked it is empty)."""
+        argv = [find_binary("nft"), "delete", "table", NFT_FAMILY[family], TABLE]
+        rc, out, err = self.run(argv)
+        if rc != 0:
+            raise HostmeshError(f"nft delete table {NFT_FAMILY[family]} {TABLE} failed (rc={rc}): {err.strip()}",
+                                cmd=" ".join(argv), rc=rc, stdout=out, stderr=err)
 
 
 def cgroup2_root():
@@ -901,7 +927,7 @@ def cgroup_id(path: str):
     """The inode number of a cgroup v2 directory (its cgroup id), or None."""
     root = cgroup2_root()
     if root is None:
-        raise NetfilterError("bypass=cgroup_path needs a cgroup v2 hierarchy, and none is mounted on this host")
+        raise HostmeshError("bypass=cgroup_path needs a cgroup v2 hierarchy, and none is mounted on this host")
     try:
         return os.stat(os.path.join(root, path)).st_ino
     except FileNotFoundError:
@@ -909,41 +935,52 @@ def cgroup_id(path: str):
 
 
 # ---------------------------------------------------------------------------
-# The whole operation, shared by the module and the host-side CLI
+# The whole operation, shared by the module and the host-side command
 # ---------------------------------------------------------------------------
 
 @dataclass
-class FamilyResult:
+class FamilyPlan:
     family: str
     variant: str
     plan: Plan
     cleanup: dict = field(default_factory=dict)  # other variant -> Plan removing stray owned objects
+    # present: the family's nat table in ``variant`` was created by this engine
+    # (remembered in the rules file, so removal can take it away again).
+    created_table: bool = False
+    # absent: that table was created by this engine in nft and holds nothing
+    # else: delete it after the owned objects.
+    drop_table: bool = False
 
 
-def _absent_twin(config: RedirectConfig) -> RedirectConfig:
+def _absent_twin(config):
     data = config.to_json()
     data["state"] = "absent"
     return config_from_params(data)
 
 
 class RedirectManager:
-    """Reads state, plans, diffs, then acts (acting skipped in check mode)."""
+    """Reads state, plans, diffs, then acts (acting skipped in check mode).
 
-    def __init__(self, config: RedirectConfig, runner=default_runner, warn=None, check_mode=False):
+    ``run() -> (result, diff)``; every error is a HostmeshError.
+    """
+
+    def __init__(self, config, runner=run_command, check_mode=False, warn=None):
         self.config = config
-        self.netfilter = Netfilter(config, runner, warn)
         self.warn = warn or (lambda message: None)
+        self.netfilter = Netfilter(config, runner, self.warn)
         self.check_mode = check_mode
         self.results = []
+        self.file_before = self._read_rules_file()
         self.file_change = None
 
     def families(self) -> list:
         if self.config.ip_families is not None:
             for family in self.config.ip_families:
                 if family == "ipv6" and not ipv6_enabled():
-                    raise NetfilterError("ip_families includes ipv6 but IPv6 is disabled on this host")
+                    raise HostmeshError("ip_families includes ipv6 but IPv6 is disabled on this host")
                 if not self.netfilter.variants(family):
-                    raise NetfilterError(f"ip_families includes {family} but no {Netfilter._prefix(family)} binaries are installed")
+                    raise HostmeshError(f"ip_families includes {family} but no {command_prefix(family)} "
+                                        "binaries are installed")
             return list(self.config.ip_families)
         families = ["ipv4"]
         if self.netfilter.family_available("ipv6"):
@@ -958,35 +995,53 @@ class RedirectManager:
             return None
         ident = cgroup_id(self.config.proxy_cgroup_path)
         if ident is None:
-            raise NetfilterError(
+            raise HostmeshError(
                 f"proxy_cgroup_path={self.config.proxy_cgroup_path!r}: no such cgroup under {cgroup2_root()}; "
                 "the proxy's unit must be running (its cgroup exists) before rules can name it")
         return ident
 
+    def recorded_tables(self) -> dict:
+        """{family: variant} of the nat tables an earlier apply created (from the rules file)."""
+        try:
+            recorded = json.loads(self.file_before).get("created_tables", {}) if self.file_before else {}
+        except (ValueError, AttributeError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
     def plan(self) -> list:
         ident = self.desired_cgroup_id()
         absent = _absent_twin(self.config)
+        recorded = self.recorded_tables()
         self.results = []
+        previous = None
         for family in self.families():
-            variant, dumps = self.netfilter.choose(family)
-            live = owned_view(dumps[variant.name][1], self.config)
-            desired = render_ruleset(self.config, family, ident)
-            result = FamilyResult(family, variant.name, plan_table(live, desired, self.config))
-            for other, (text, dump) in dumps.items():
-                if other == variant.name:
-                    continue
-                stray = owned_view(dump, self.config)
-                if not stray.is_empty():
+            variant, dumps = self.netfilter.choose(family, other_family=previous)
+            previous = variant.name
+            dump = dumps[variant.name][1]
+            plan = plan_table(owned_view(dump, self.config), render_ruleset(self.config, family, ident), self.config)
+            result = FamilyPlan(family, variant.name, plan)
+            for other, (dummy, other_dump) in dumps.items():
+                stray = owned_view(other_dump, self.config)
+                if other != variant.name and not stray.is_empty():
                     # Our chains in the variant we are not using (the iptables
                     # alternative was switched): remove them, never keep two copies.
                     result.cleanup[other] = plan_table(stray, Ruleset(), absent)
+            if self.config.state == "present":
+                result.created_table = recorded.get(family) == variant.name or (dump is None and plan.changed)
+            elif recorded.get(family) == "nft" and "nft" in dumps:
+                nft_dump = dumps["nft"][1]
+                result.drop_table = left_empty(nft_dump, owned_view(nft_dump, self.config))
+                if result.drop_table and not find_binary("nft"):
+                    result.drop_table = False
+                    self.warn(f"{family}: the nat table hostmesh created in nftables is left (empty): "
+                              "the nft command is not installed")
             self.results.append(result)
         return self.results
 
     @property
     def changed(self) -> bool:
-        return any(r.plan.changed or any(p.changed for p in r.cleanup.values()) for r in self.results) \
-            or bool(self.file_change)
+        return any(r.plan.changed or r.drop_table or any(p.changed for p in r.cleanup.values())
+                   for r in self.results) or bool(self.file_change)
 
     def apply(self) -> None:
         if self.check_mode:
@@ -1001,16 +1056,32 @@ class RedirectManager:
                 self.netfilter.restore(variant, result.plan.restore)
                 # Verify by reading back: catches a concurrent writer and any
                 # difference between how we render and how this iptables prints.
-                dump = self.netfilter.read(variant, result.family)[1]
-                live = owned_view(dump, self.config)
-                after = result.plan.after
-                if not (sorted(live.chains) == sorted(after.chains) and _same_rules(live.rules, after.rules)
-                        and sorted(map(rule_tokens, live.jumps)) == sorted(map(rule_tokens, after.jumps))):
-                    raise NetfilterError(
+                live = owned_view(self.netfilter.read(variant, result.family)[1], self.config)
+                if not in_sync(live, result.plan.after):
+                    raise HostmeshError(
                         f"{result.family}: after iptables-restore the live rules differ from the desired rules",
-                        live="\n".join(live.lines()), desired="\n".join(after.lines()))
+                        live="\n".join(live.lines()), desired="\n".join(result.plan.after.lines()))
+            if result.drop_table:
+                # Read again right before deleting: only a table that is still
+                # empty goes, never one somebody has put a rule in meanwhile.
+                if left_empty(self.netfilter.read(variants["nft"], result.family)[1], Ruleset()):
+                    self.netfilter.delete_nft_table(result.family)
+                else:
+                    self.warn(f"{result.family}: the nat table hostmesh created is kept: it holds other rules now")
 
     # -- rules file -----------------------------------------------------------
+    def _read_rules_file(self) -> str:
+        path = self.config.rules_file
+        if not path:
+            return ""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise HostmeshError(f"Could not read rules_file {path}: {exc}") from None
+
     def rules_document(self) -> str:
         # Rendered without the cgroup id: the id changes whenever the proxy's
         # unit restarts, and the file should only change when the config does.
@@ -1021,49 +1092,39 @@ class RedirectManager:
             "variants": {r.family: r.variant for r in self.results},
             "rules": rules,
         }
+        handled = {r.family for r in self.results}
+        created = {family: variant for family, variant in self.recorded_tables().items() if family not in handled}
+        created.update({r.family: r.variant for r in self.results if r.created_table})
+        if created:
+            document["created_tables"] = created
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
     def plan_rules_file(self):
         """(before, after) texts of the rules file, or None when unchanged."""
-        path = self.config.rules_file
-        if not path:
+        if not self.config.rules_file:
             return None
-        try:
-            with open(path, encoding="utf-8") as handle:
-                before = handle.read()
-        except FileNotFoundError:
-            before = ""
         after = "" if self.config.state == "absent" else self.rules_document()
-        self.file_change = None if before == after else (before, after)
+        self.file_change = None if self.file_before == after else (self.file_before, after)
         return self.file_change
 
     def write_rules_file(self) -> None:
         if self.check_mode or not self.file_change:
             return
         path = self.config.rules_file
-        after = self.file_change[1]
-        if not after:
-            os.unlink(path)
-            return
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hostmesh-")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(after)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            if self.file_change[1]:
+                atomic_write(path, self.file_change[1])
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            raise HostmeshError(f"Could not write rules_file {path}: {exc}") from None
 
-    def run(self) -> dict:
+    def run(self) -> tuple:
         self.plan()
         self.plan_rules_file()
         self.apply()
         self.write_rules_file()
-        return self.summary()
+        return self.summary(), self.diff()
 
     def diff(self) -> list:
         diffs = []
@@ -1075,6 +1136,10 @@ class RedirectManager:
                 header = f"{result.family} {TABLE} (iptables-{other}), stray owned rules"
                 diffs.append({"before_header": header, "after_header": header,
                               "before": plan.before.text(), "after": ""})
+            if result.drop_table:
+                header = f"{result.family} nftables tables, created by hostmesh"
+                diffs.append({"before_header": header, "after_header": header,
+                              "before": f"table {NFT_FAMILY[result.family]} {TABLE}\n", "after": ""})
         if self.file_change:
             diffs.append({"before_header": self.config.rules_file, "after_header": self.config.rules_file,
                           "before": self.file_change[0], "after": self.file_change[1]})
@@ -1091,26 +1156,23 @@ class RedirectManager:
             "rules": {r.family: r.plan.after.lines() for r in self.results},
             "restore_input": {r.family: r.plan.restore for r in self.results if r.plan.changed},
             "chains": list(self.config.owned_chains),
+            "tables_removed": {r.family: "nft" for r in self.results if r.drop_table},
         }
 
 
 # ---------------------------------------------------------------------------
-# Host-side CLI (installed by the transparent_proxy role for boot-time restore)
+# Host-side command (installed by the transparent_proxy role for boot-time restore)
 # ---------------------------------------------------------------------------
 
-def load_rules_file(path: str) -> RedirectConfig:
+def load_rules_file(path: str):
+    """The config of a rules file (any version: 0.1.0 files hold config, rules and variants)."""
     with open(path, encoding="utf-8") as handle:
         document = json.load(handle)
     return config_from_params(document["config"])
 
 
 def run_cli(argv) -> tuple:
-    """The host-side command, as (exit code, stdout, stderr).
-
-    Printing and exiting are left to the small wrapper the transparent_proxy
-    role installs (hostmesh-redirect.py), so that this file stays a plain
-    module_utils file.
-    """
+    """The host-side command, as (exit code, stdout, stderr); hostmesh-redirect.py prints them."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -1130,15 +1192,16 @@ def run_cli(argv) -> tuple:
         return 0, "", f"hostmesh-redirect: {args.config} does not exist yet, nothing to do\n"
     warnings = []
     try:
-        config = load_rules_file(args.config)
-        data = config.to_json()
-        data["rules_file"] = None  # the command never rewrites the file it reads
+        data = load_rules_file(args.config).to_json()
+        # The command never rewrites the file it reads; without the file, a
+        # remove (a proxy stop) also never deletes tables: the next start
+        # needs them, and only the module's state=absent removes for good.
+        data["rules_file"] = None
         if args.action == "remove":
             data["state"] = "absent"
-        config = config_from_params(data)
-        manager = RedirectManager(config, warn=warnings.append, check_mode=args.action == "check")
-        summary = manager.run()
-    except (ConfigError, NetfilterError, OSError, ValueError, KeyError) as exc:
+        manager = RedirectManager(config_from_params(data), check_mode=args.action == "check", warn=warnings.append)
+        summary = manager.run()[0]
+    except (HostmeshError, OSError, ValueError, KeyError) as exc:
         return 2, "", "".join(f"warning: {w}\n" for w in warnings) + f"hostmesh-redirect: {exc}\n"
     stderr = "".join(f"warning: {w}\n" for w in warnings)
     rc = 1 if args.action == "check" and summary["changed"] else 0

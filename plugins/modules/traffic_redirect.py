@@ -44,6 +44,9 @@ options:
     description:
       - V(present) makes the owned chains and jump rules match the options.
       - V(absent) removes every owned chain and jump rule (and O(rules_file) when given), and nothing else.
+      - With O(rules_file), V(absent) also deletes a C(nat) table that an earlier V(present) created (it did not exist
+        before), if it now holds nothing but its built-in chains with policy C(ACCEPT). Only nftables tables can be
+        deleted (with the C(nft) command); a legacy (x_tables) table stays until the kernel module is unloaded.
     type: str
     choices: [present, absent]
     default: present
@@ -151,7 +154,9 @@ options:
   backend:
     description:
       - The iptables variant to write to.
-      - V(auto) uses the variant that already holds these chains, else the legacy variant when only it holds rules,
+      - V(auto) uses the variant that already holds these chains, else the legacy variant when only it holds rules.
+        When neither variant holds rules for a family, it uses the variant of the host's C(iptables) (or
+        C(ip6tables)) command as the alternatives system configures it, else the variant chosen for the other family,
         else nft. It warns when the other variant holds rules in the same hooks.
       - Owned chains found in the variant not chosen are removed, so the rules never exist twice.
     type: str
@@ -175,8 +180,9 @@ options:
     default: 5
   rules_file:
     description:
-      - Where the applied configuration and rules are kept (JSON) so that C(hostmesh_netfilter.py apply --config FILE)
+      - Where the applied configuration and rules are kept (JSON) so that C(hostmesh-redirect.py apply --config FILE)
         can restore them at boot. Removed by O(state=absent).
+      - It also records the C(nat) tables the module created, so that O(state=absent) can delete them again.
     type: path
 notes:
   - Needs root (CAP_NET_ADMIN), the iptables package and, for IPv6, ip6tables.
@@ -253,75 +259,45 @@ chains:
   type: list
   elements: str
   sample: [HOSTMESH_INBOUND, HOSTMESH_IN_REDIRECT, HOSTMESH_OUTPUT, HOSTMESH_REDIRECT]
+tables_removed:
+  description:
+    - Per IP family, the variant whose C(nat) table was deleted by O(state=absent) because an earlier apply had
+      created it (recorded in O(rules_file)) and it held nothing else any more. Only V(nft) tables can be deleted.
+  returned: always
+  type: dict
+  sample: {"ipv6": "nft"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import LC_ENV, HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._netfilter import (
-    ConfigError,
-    NetfilterError,
     RedirectManager,
+    argument_spec,
     config_from_params,
+    required_if,
 )
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "inbound_port": {"type": "int", "default": 15006},
-            "outbound_port": {"type": "int", "default": 15001},
-            "capture_inbound": {"type": "bool", "default": True},
-            "capture_outbound": {"type": "bool", "default": True},
-            "inbound_ports": {"type": "list", "elements": "str", "default": []},
-            "inbound_exclude_ports": {"type": "list", "elements": "str", "default": ["22"]},
-            "outbound_exclude_ports": {"type": "list", "elements": "str", "default": []},
-            "outbound_include_cidrs": {"type": "list", "elements": "str", "default": []},
-            "outbound_exclude_cidrs": {"type": "list", "elements": "str", "default": []},
-            "bypass": {"type": "str", "choices": ["uid", "gid", "mark", "net_cls", "cgroup_path"], "default": "uid"},
-            "proxy_uid": {"type": "int", "default": 1337},
-            "proxy_gid": {"type": "int"},
-            "proxy_mark": {"type": "str", "default": "0x1"},
-            "proxy_classid": {"type": "str", "default": "0x100001"},
-            "proxy_cgroup_path": {"type": "str"},
-            "exclude_uids": {"type": "list", "elements": "int", "default": []},
-            "exclude_gids": {"type": "list", "elements": "int", "default": []},
-            "ip_families": {"type": "list", "elements": "str", "choices": ["ipv4", "ipv6"]},
-            "backend": {"type": "str", "choices": ["auto", "nft", "legacy"], "default": "auto"},
-            "chain_prefix": {"type": "str", "default": "HOSTMESH"},
-            "jump_position": {"type": "str", "choices": ["append", "insert"], "default": "append"},
-            "wait": {"type": "int", "default": 5},
-            "rules_file": {"type": "path"},
-        },
-        required_if=[
-            ("bypass", "gid", ["proxy_gid"]),
-            ("bypass", "cgroup_path", ["proxy_cgroup_path"]),
-        ],
-        supports_check_mode=True,
-    )
-
-    try:
-        config = config_from_params(module.params)
-    except ConfigError as exc:
-        module.fail_json(msg=f"Invalid option {exc}", option=exc.option)
+    # The options are declared once, in _netfilter.OPTIONS; DOCUMENTATION above
+    # is kept equal to them by a unit test (ansible-doc reads it as text).
+    module = AnsibleModule(argument_spec=argument_spec(), required_if=required_if(), supports_check_mode=True)
 
     def run(argv, data=None):
         # binary_data keeps run_command from appending a newline of its own;
         # LC_ALL=C because error text is passed on to the user verbatim.
-        return module.run_command(argv, data=data, binary_data=data is not None,
-                                  environ_update={"LC_ALL": "C", "LANG": "C"})
+        return module.run_command(argv, data=data, binary_data=data is not None, environ_update=LC_ENV)
 
-    manager = RedirectManager(config, runner=run, warn=module.warn, check_mode=module.check_mode)
     try:
-        result = manager.run()
-    except NetfilterError as exc:
-        module.fail_json(msg=str(exc), **exc.details)
-    except OSError as exc:
-        module.fail_json(msg=f"Could not write rules_file {config.rules_file}: {exc}")
-
-    if module._diff:
-        result["diff"] = manager.diff()
-    module.exit_json(**result)
+        config = config_from_params(module.params)
+        result, diff = RedirectManager(config, run, check_mode=module.check_mode, warn=module.warn).run()
+    except HostmeshError as exc:
+        module.fail_json(**exc.fail_json_args())
+    else:
+        if module._diff:
+            result["diff"] = diff
+        module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ Two kinds of tests:
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import secrets
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ import time
 
 import pytest
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils import _host
 from ansible_collections.hostmesh.sidecar.plugins.module_utils import _netfilter as nf
 from harness import run_playbook
 
@@ -66,8 +69,42 @@ def save(ns, variant, family="ipv4"):
     return ns.run([binary]).stdout
 
 
+def foreign_lines(save_text, config):
+    """Every line of an iptables-save dump that the engine does not own, with
+    counters zeroed: what must come through every step byte for byte."""
+    owned = set(config.owned_chains)
+    out = []
+    for raw in save_text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or not line:
+            continue
+        if line.startswith(":") and line[1:].split(" ")[0] in owned:
+            continue
+        if line.startswith("-A "):
+            parsed = nf.Rule.parse(line)
+            if parsed.chain in owned or parsed.target in owned:
+                continue
+        out.append(re.sub(r"\[\d+:\d+\]$", "[0:0]", line) if line.startswith(":") else line)
+    return out
+
+
+def test_foreign_lines_drop_owned_objects_and_counters():
+    text = ("*nat\n:PREROUTING ACCEPT [5:300]\n:INPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n:HOSTMESH_INBOUND - [0:0]\n"
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n"
+            '-A PREROUTING -p tcp -m comment --comment "hostmesh:HOSTMESH" -j HOSTMESH_INBOUND\n'
+            "-A HOSTMESH_INBOUND -p tcp -m multiport --dports 22 -j RETURN\nCOMMIT\n")
+    lines = foreign_lines(text, nf.config_from_params({}))
+    assert ":PREROUTING ACCEPT [0:0]" in lines and ":INPUT ACCEPT [0:0]" in lines
+    assert "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER" in lines
+    assert not [line for line in lines if "HOSTMESH" in line]
+
+
 def foreign(ns, variant, family="ipv4"):
-    return nf.foreign_lines(save(ns, variant, family), nf.config_from_params({}))
+    return foreign_lines(save(ns, variant, family), nf.config_from_params({}))
+
+
+def texts(rules):
+    return [r.text() for r in rules]
 
 
 def owned(ns, variant, family="ipv4"):
@@ -130,8 +167,8 @@ def test_lifecycle_keeps_foreign_rules_byte_for_byte(netns, iptables_variant):
     update = run_playbook([redirect_task("apply", variant, outbound_exclude_ports=[25],
                                          outbound_exclude_cidrs=["203.0.113.0/24"])], netns=netns)
     assert update.rc == 0 and update.task("apply")["changed"], update.output
-    assert "-A HOSTMESH_OUTPUT -d 203.0.113.0/24 -j RETURN" in owned(netns, variant).rules
-    assert owned(netns, variant).jumps == jumps_before
+    assert "-A HOSTMESH_OUTPUT -d 203.0.113.0/24 -j RETURN" in texts(owned(netns, variant).rules)
+    assert texts(owned(netns, variant).jumps) == texts(jumps_before)
     unchanged_foreign()
 
     # 3. drift: somebody deletes one of our rules and duplicates a jump.
@@ -170,6 +207,7 @@ def install_redirect_cli(directory):
     """Lay out the host-side command as the transparent_proxy role does."""
     directory.mkdir()
     shutil.copy(pathlib.Path(nf.__file__), directory / "hostmesh_netfilter.py")
+    shutil.copy(pathlib.Path(_host.__file__), directory / "hostmesh_host.py")
     shutil.copy(REPO / "roles" / "transparent_proxy" / "files" / "hostmesh-redirect.py", directory / "hostmesh-redirect.py")
     return directory / "hostmesh-redirect.py"
 
@@ -243,6 +281,77 @@ def test_auto_picks_the_variant_holding_rules_and_warns_about_the_other(netns):
     assert moved.task("apply")["changed"]
     assert owned(netns, "legacy").is_empty() and not owned(netns, "nft").is_empty()
     assert foreign(netns, "legacy") == foreign_legacy
+
+
+def test_auto_follows_the_configured_command_when_no_variant_holds_rules(netns, tmp_path):
+    """A host whose iptables and ip6tables are the legacy variant (alternatives),
+    where another tool has legacy IPv4 rules and no variant holds IPv6 rules:
+    both families go to legacy, where ip6tables -t nat -S shows them."""
+    legacy_bin = tmp_path / "bin"
+    legacy_bin.mkdir()
+    for name in ("iptables", "ip6tables"):
+        (legacy_bin / name).symlink_to(shutil.which("xtables-legacy-multi"))
+    ipv6_up(netns)
+    restore(netns, "legacy", FOREIGN_V4)
+    foreign_v4 = foreign(netns, "legacy")
+    task = redirect_task("apply", "auto")
+    task["environment"] = {"PATH": f"{legacy_bin}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    result = run_playbook([task], netns=netns)
+    assert result.rc == 0, result.output
+    assert result.task("apply")["variants"] == {"ipv4": "legacy", "ipv6": "legacy"}
+    assert not owned(netns, "legacy", "ipv6").is_empty()
+    assert owned(netns, "nft", "ipv6").is_empty() and "HOSTMESH" not in save(netns, "nft", "ipv6")
+    assert foreign(netns, "legacy") == foreign_v4
+
+
+def nft_tables(ns):
+    return ns.run(["nft", "list", "tables"]).stdout.splitlines()
+
+
+def test_absent_deletes_the_nat_tables_the_apply_created(netns, tmp_path):
+    redirect_cli = install_redirect_cli(tmp_path / "lib")
+    rules_file = tmp_path / "etc" / "redirect.json"
+    ipv6_up(netns)
+    assert not [t for t in nft_tables(netns) if t.endswith(" nat")]
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
+    assert {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns))
+    document = rules_file.read_text()
+    assert json.loads(document)["created_tables"] == {"ipv4": "nft", "ipv6": "nft"}
+    # Remembered across later applies, when the tables exist already.
+    again = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    assert again.rc == 0 and not again.task("apply")["changed"] and rules_file.read_text() == document
+    # A proxy stop (the boot unit's remove) takes the rules away but keeps the tables.
+    assert netns.run([PYTHON, str(redirect_cli), "remove", "--config", str(rules_file)]).returncode == 0
+    assert owned(netns, "nft").is_empty() and {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns))
+    check = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))],
+                         netns=netns, check=True)
+    assert check.rc == 0 and check.task("remove")["changed"], check.output
+    assert {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns)) and rules_file.exists()
+    gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))],
+                        netns=netns, diff=True)
+    assert gone.rc == 0 and gone.task("remove")["changed"], gone.output
+    assert gone.task("remove")["tables_removed"] == {"ipv4": "nft", "ipv6": "nft"}
+    assert not [t for t in nft_tables(netns) if t.endswith(" nat")]
+    assert not rules_file.exists()
+    nothing = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=netns)
+    assert nothing.rc == 0 and not nothing.task("remove")["changed"]
+
+
+def test_absent_keeps_a_created_table_that_holds_someone_elses_rules(netns, tmp_path):
+    rules_file = tmp_path / "redirect.json"
+    ipv6_up(netns)
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
+    # Another tool adds its rules to the IPv4 nat table hostmesh created.
+    restore(netns, "nft", FOREIGN_V4)
+    foreign_v4 = foreign(netns, "nft")
+    gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=netns)
+    assert gone.rc == 0 and gone.task("remove")["changed"], gone.output
+    assert gone.task("remove")["tables_removed"] == {"ipv6": "nft"}
+    assert "table ip nat" in nft_tables(netns) and "table ip6 nat" not in nft_tables(netns)
+    assert owned(netns, "nft").is_empty()
+    assert foreign(netns, "nft") == foreign_v4
 
 
 def test_ipv6_disabled_is_skipped_with_a_warning(netns):

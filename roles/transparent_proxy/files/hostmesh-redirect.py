@@ -5,9 +5,10 @@
 
 """hostmesh-redirect: apply, remove or check the redirect rules on a host.
 
-Installed by the transparent_proxy role next to hostmesh_netfilter.py (a copy of
-the collection's plugins/module_utils/_netfilter.py, the engine the
-traffic_redirect module runs) and used by the boot-time one-shot unit:
+Installed by the transparent_proxy role in the helper directory, beside
+hostmesh_netfilter.py and hostmesh_host.py (copies of the collection's
+plugins/module_utils/_netfilter.py and _host.py: the engine the traffic_redirect
+module runs), and used by the boot-time one-shot unit:
 
     python3 hostmesh-redirect.py apply|remove|check --config /etc/hostmesh/redirect.json
     python3 hostmesh-redirect.py remove --config FILE --keep-if-restarting UNIT
@@ -24,7 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from hostmesh_netfilter import run_cli  # noqa: E402  pylint: disable=wrong-import-position,import-error
+# pylint: disable=wrong-import-position,import-error
+from hostmesh_host import LC_ENV, cli_main  # noqa: E402
+from hostmesh_netfilter import run_cli  # noqa: E402
 
 KEEP_OPTION = "--keep-if-restarting"
 RESTART_JOB_TYPES = ("restart", "try-restart", "reload-or-restart", "try-reload-or-restart")
@@ -51,7 +54,7 @@ def job_type(unit):
         listing = subprocess.run(
             ["systemctl", "list-jobs", "--no-legend", "--no-pager", "--", unit],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
-            env=dict(os.environ, LC_ALL="C"), timeout=30, check=False)
+            env=dict(os.environ, **LC_ENV), timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     for line in listing.stdout.splitlines():
@@ -62,21 +65,16 @@ def job_type(unit):
     return None
 
 
-def main():
-    argv, keep_unit = split_keep_option(sys.argv[1:])
+def run_keeping_rules_on_restart(argv):
+    """run_cli, except that a remove during a restart job of the given unit does nothing."""
+    argv, keep_unit = split_keep_option(argv)
     if keep_unit is not None:
         if not keep_unit:
-            sys.stderr.write("hostmesh-redirect: %s needs a unit name\n" % KEEP_OPTION)
-            return 2
+            return 2, "", f"hostmesh-redirect: {KEEP_OPTION} needs a unit name\n"
         job = job_type(keep_unit) if argv[:1] == ["remove"] else None
         if job in RESTART_JOB_TYPES:
-            sys.stderr.write("hostmesh-redirect: %s is restarting (%s job): the rules stay\n" % (keep_unit, job))
-            return 0
-    code, out, err = run_cli(argv)
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    return code
+            return 0, "", f"hostmesh-redirect: {keep_unit} is restarting ({job} job): the rules stay\n"
+    return run_cli(argv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(cli_main(run_keeping_rules_on_restart))
