@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shlex
 import sys
 import tempfile
 import time
@@ -51,10 +50,10 @@ def builtin_items(config) -> tuple:
     """ansible.builtin.iptables parameters producing exactly our rules."""
     ruleset = nf.render_ruleset(config, "ipv4")
     items = []
-    for line in ruleset.rules + ruleset.jumps:
-        tokens = shlex.split(line)
-        item = {"table": "nat", "chain": tokens[1]}
-        i, negate = 2, ""
+    for rule in ruleset.rules + ruleset.jumps:
+        tokens = rule.params
+        item = {"table": "nat", "chain": rule.chain}
+        i, negate = 0, ""
         while i < len(tokens):
             token = tokens[i]
             if token == "!":
@@ -123,7 +122,8 @@ def timed(fn):
 def owned_rules(ns, variant):
     text = ns.run([f"iptables-{variant}-save", "-t", "nat"]).stdout
     view = nf.owned_view(nf.parse_save(text).get("nat"), nf.config_from_params({}))
-    return sorted(view.chains), [nf.rule_tokens(r) for r in view.rules], sorted(nf.rule_tokens(j) for j in view.jumps)
+    # Rules compare by their tokens (iptables-save's quoting undone).
+    return sorted(view.chains), list(view.rules), sorted(view.jumps, key=lambda jump: (jump.chain, jump.params))
 
 
 def main() -> int:
