@@ -133,6 +133,95 @@ def file_sha1(path):
     return digest.hexdigest()
 
 
+# -- decisions (pure: no clock, no signals, no processes; unit-tested) ----------------------------
+
+def envoy_command(remainder):
+    """The Envoy command line given after ``--``; ValueError(reason) when it cannot be run as is."""
+    envoy_argv = list(remainder)
+    if envoy_argv and envoy_argv[0] == "--":
+        envoy_argv = envoy_argv[1:]
+    if not envoy_argv:
+        raise ValueError("no Envoy command line given after --")
+    if "--restart-epoch" in envoy_argv:
+        raise ValueError("--restart-epoch is set by the supervisor, do not pass it")
+    return envoy_argv
+
+
+def epoch_argv(envoy_argv, epoch):
+    """The command line of one epoch: Envoy's own, plus the epoch."""
+    return list(envoy_argv) + ["--restart-epoch", str(epoch)]
+
+
+def state_record(pid, serving, pending, last_failed, reloads, config_sha1, envoy_pids):
+    """The content of the state file that ``reload`` and the role read.
+
+    ``config_sha1`` maps each epoch to the checksum of the bootstrap it started with; the role
+    compares the serving epoch's with the file on disk to know whether a hot restart is due.
+    """
+    return {
+        "pid": pid,
+        "serving_epoch": serving,
+        "serving_config_sha1": config_sha1.get(serving),
+        "pending_epoch": pending,
+        "last_failed_epoch": last_failed,
+        "reloads": reloads,
+        "envoy_pids": dict((str(epoch), child_pid) for epoch, child_pid in envoy_pids.items()),
+    }
+
+
+def exit_outcome(epoch, serving, pending):
+    """What the exit of Envoy ``epoch`` means.
+
+    ``start_failed``: the starting epoch died before it was live (the serving one, if any, stays).
+    ``serving_died``: the serving epoch died with no successor starting: the sidecar is down.
+    ``handed_over``: an older epoch finished draining (the new one told it to exit), or the
+    serving one exited while its successor was starting and took its sockets over.
+    """
+    if epoch == pending:
+        return "start_failed"
+    if epoch == serving and pending is None:
+        return "serving_died"
+    return "handed_over"
+
+
+def signal_requests(received):
+    """The (request, signal) pairs in the signal numbers read from the wakeup pipe, in order.
+
+    SIGTERM and SIGINT request a stop, SIGHUP a reload; SIGCHLD only wakes the loop up.
+    """
+    requests = []
+    for signum in bytearray(received):
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            requests.append(("stop", signal.Signals(signum)))
+        elif signum == signal.SIGHUP:
+            requests.append(("reload", signal.Signals(signum)))
+    return requests
+
+
+def reload_target(state, pid):
+    """The epoch a reload of supervisor ``pid`` waits for; ValueError(reason) when there is none."""
+    if not state or state.get("serving_epoch") is None:
+        raise ValueError("the sidecar has no serving epoch")
+    if state.get("pid") != pid:
+        raise ValueError("the state file belongs to pid %s, not %d" % (state.get("pid"), pid))
+    return state["serving_epoch"] + 1
+
+
+def reload_progress(state, target, pid):
+    """Where a reload to epoch ``target`` stands in ``state``: live, failed, supervisor_gone or None (starting)."""
+    state = state or {}
+    serving = state.get("serving_epoch")
+    if serving is not None and serving >= target:
+        return "live"
+    if state.get("last_failed_epoch", -1) >= target:
+        return "failed"
+    if state.get("pid") != pid:
+        return "supervisor_gone"
+    return None
+
+
+# -- side effects ---------------------------------------------------------------------------------
+
 def join_cgroup(directory):
     """Move this process into the cgroup DIRECTORY and check that it is there."""
     procs = os.path.join(directory, "cgroup.procs")
@@ -165,15 +254,8 @@ class Supervisor:
 
     # -- state ------------------------------------------------------------------------------
     def save_state(self):
-        state = {
-            "pid": os.getpid(),
-            "serving_epoch": self.serving,
-            "serving_config_sha1": self.config_sha1.get(self.serving),
-            "pending_epoch": self.pending,
-            "last_failed_epoch": self.last_failed_epoch,
-            "reloads": self.reloads,
-            "envoy_pids": dict((str(epoch), child.pid) for epoch, child in self.children.items()),
-        }
+        state = state_record(os.getpid(), self.serving, self.pending, self.last_failed_epoch, self.reloads,
+                             self.config_sha1, dict((epoch, child.pid) for epoch, child in self.children.items()))
         try:
             write_state(self.state_file, state)
         except OSError as exc:
@@ -181,7 +263,7 @@ class Supervisor:
 
     # -- epochs -----------------------------------------------------------------------------
     def start_epoch(self, epoch):
-        argv = list(self.envoy_argv) + ["--restart-epoch", str(epoch)]
+        argv = epoch_argv(self.envoy_argv, epoch)
         log("starting Envoy epoch %d" % epoch)
         self.config_sha1[epoch] = file_sha1(config_path_of(self.envoy_argv))
         child = subprocess.Popen(argv, close_fds=True)  # pylint: disable=consider-using-with
@@ -238,17 +320,16 @@ class Supervisor:
             if code is None:
                 continue
             del self.children[epoch]
-            if epoch == self.pending:
+            outcome = exit_outcome(epoch, self.serving, self.pending)
+            if outcome == "start_failed":
                 log("Envoy epoch %d exited with %s before it was live" % (epoch, code))
                 self.fail_pending()
-            elif epoch == self.serving and self.pending is None:
+            elif outcome == "serving_died":
                 log("serving Envoy epoch %d exited with %s: stopping so that systemd restarts the sidecar" % (epoch, code))
                 self.serving = None
                 self.save_state()
                 raise SystemExit(self.shutdown(signal.SIGTERM, exit_code=1))
             else:
-                # An older epoch that finished draining (the new one told it to exit), or one that
-                # the new epoch replaced while that was still starting.
                 log("Envoy epoch %d exited with %s after handing over" % (epoch, code))
             self.save_state()
 
@@ -294,11 +375,11 @@ class Supervisor:
                     received = os.read(read_fd, 512)
                 except BlockingIOError:
                     received = b""
-            for signum in bytearray(received):
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log("received %s: stopping Envoy" % signal.Signals(signum).name)
+            for request, signum in signal_requests(received):
+                if request == "stop":
+                    log("received %s: stopping Envoy" % signum.name)
                     return self.shutdown(signal.SIGTERM)
-                if signum == signal.SIGHUP:
+                if request == "reload":
                     if self.serving is None:
                         log("reload requested before the first epoch is live: queued")
                         self.reload_queued = True
@@ -309,14 +390,10 @@ class Supervisor:
 
 
 def command_run(args):
-    envoy_argv = list(args.envoy_argv)
-    if envoy_argv and envoy_argv[0] == "--":
-        envoy_argv = envoy_argv[1:]
-    if not envoy_argv:
-        log("no Envoy command line given after --")
-        return 2
-    if "--restart-epoch" in envoy_argv:
-        log("--restart-epoch is set by the supervisor, do not pass it")
+    try:
+        envoy_argv = envoy_command(args.envoy_argv)
+    except ValueError as exc:
+        log(str(exc))
         return 2
     if args.join_cgroup:
         try:
@@ -334,26 +411,23 @@ def command_run(args):
 
 def command_reload(args):
     """Signal the supervisor and wait until the next epoch is live, or report why it is not."""
-    before = read_state(args.state_file)
-    if not before or before.get("serving_epoch") is None:
-        log("the sidecar has no serving epoch (state file %s); cannot hot restart" % args.state_file)
+    try:
+        target = reload_target(read_state(args.state_file), args.pid)
+    except ValueError as exc:
+        log("%s (state file %s); cannot hot restart" % (exc, args.state_file))
         return 1
-    if before.get("pid") != args.pid:
-        log("state file %s belongs to pid %s, not %d" % (args.state_file, before.get("pid"), args.pid))
-        return 1
-    target = before["serving_epoch"] + 1
     os.kill(args.pid, signal.SIGHUP)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         state = read_state(args.state_file) or {}
-        serving = state.get("serving_epoch")
-        if serving is not None and serving >= target:
-            log("Envoy epoch %d is live" % serving)
+        progress = reload_progress(state, target, args.pid)
+        if progress == "live":
+            log("Envoy epoch %d is live" % state["serving_epoch"])
             return 0
-        if state.get("last_failed_epoch", -1) >= target:
-            log("Envoy epoch %d failed to start; epoch %s keeps serving" % (target, serving))
+        if progress == "failed":
+            log("Envoy epoch %d failed to start; epoch %s keeps serving" % (target, state.get("serving_epoch")))
             return 1
-        if state.get("pid") != args.pid:
+        if progress == "supervisor_gone":
             log("the supervisor exited during the reload")
             return 1
         time.sleep(0.1)

@@ -1,0 +1,275 @@
+# Copyright (c) 2026, hostmesh.sidecar contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the envoy_sidecar role's hot-restart supervisor (files/hostmesh_envoy_restarter.py).
+
+The file is a standalone script installed on hosts, so it is imported by path. Its decisions are
+pure functions; the Supervisor's bookkeeping is driven here with fake Envoy processes. Real Envoy
+epochs, hot restarts and kill -9 are in tests/integration/test_envoy_config.py.
+"""
+
+import hashlib
+import importlib.util
+import json
+import pathlib
+import signal
+
+import pytest
+
+RESTARTER_FILE = (pathlib.Path(__file__).resolve().parents[3]
+                  / "roles" / "envoy_sidecar" / "files" / "hostmesh_envoy_restarter.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("hostmesh_envoy_restarter", RESTARTER_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+restarter = _load()
+
+ENVOY = ["/usr/local/bin/envoy", "-c", "/etc/hostmesh/envoy/envoy.yaml", "--base-id", "1337"]
+
+
+class FakeEnvoy:
+    """Stands in for the Popen of one Envoy epoch."""
+
+    def __init__(self, pid, code=None):
+        self.pid = pid
+        self.code = code
+        self.signals = []
+
+    def poll(self):
+        return self.code
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+        self.code = -signum
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout=None):
+        return self.code
+
+    def kill(self):
+        self.code = -signal.SIGKILL
+
+
+@pytest.fixture(autouse=True)
+def _no_systemd(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    return restarter.Supervisor(ENVOY, "127.0.0.1:15000", str(tmp_path / "restarter.json"),
+                                ready_timeout=60.0, stop_timeout=1.0)
+
+
+def saved(supervisor):
+    return json.loads(pathlib.Path(supervisor.state_file).read_text())
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+def test_envoy_command_after_the_separator():
+    assert restarter.envoy_command(["--"] + ENVOY) == ENVOY
+    assert restarter.envoy_command(ENVOY) == ENVOY
+    with pytest.raises(ValueError, match="no Envoy command line"):
+        restarter.envoy_command(["--"])
+    with pytest.raises(ValueError, match="--restart-epoch is set by the supervisor"):
+        restarter.envoy_command(["--"] + ENVOY + ["--restart-epoch", "3"])
+
+
+def test_epoch_argv_appends_the_epoch():
+    assert restarter.epoch_argv(ENVOY, 2) == ENVOY + ["--restart-epoch", "2"]
+
+
+def test_config_path_of_each_spelling():
+    assert restarter.config_path_of(ENVOY) == "/etc/hostmesh/envoy/envoy.yaml"
+    assert restarter.config_path_of(["envoy", "--config-path", "/a.yaml"]) == "/a.yaml"
+    assert restarter.config_path_of(["envoy", "--config-path=/b.yaml"]) == "/b.yaml"
+    assert restarter.config_path_of(["envoy", "-c"]) is None
+
+
+def test_server_epoch_live_only_when_live():
+    live = {"state": "LIVE", "command_line_options": {"restart_epoch": 2}}
+    assert restarter.server_epoch_live(live) == 2
+    assert restarter.server_epoch_live(dict(live, state="PRE_INITIALIZING")) is None
+    assert restarter.server_epoch_live({"state": "LIVE"}) is None
+    assert restarter.server_epoch_live(None) is None
+
+
+def test_state_record_names_the_serving_config():
+    record = restarter.state_record(10, 1, None, 0, 1, {0: "old", 1: "new"}, {1: 101})
+    assert record == {"pid": 10, "serving_epoch": 1, "serving_config_sha1": "new", "pending_epoch": None,
+                      "last_failed_epoch": 0, "reloads": 1, "envoy_pids": {"1": 101}}
+    assert restarter.state_record(10, None, 0, -1, 0, {0: "x"}, {0: 100})["serving_config_sha1"] is None
+
+
+@pytest.mark.parametrize("epoch, serving, pending, outcome", [
+    (1, 0, 1, "start_failed"),
+    (0, None, 0, "start_failed"),
+    (0, 0, None, "serving_died"),
+    (0, 0, 1, "handed_over"),
+    (0, 1, None, "handed_over"),
+])
+def test_exit_outcome(epoch, serving, pending, outcome):
+    assert restarter.exit_outcome(epoch, serving, pending) == outcome
+
+
+def test_signal_requests_in_order():
+    received = bytes([signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM])
+    assert restarter.signal_requests(received) == [("reload", signal.SIGHUP), ("stop", signal.SIGTERM)]
+    assert restarter.signal_requests(bytes([signal.SIGINT])) == [("stop", signal.SIGINT)]
+    assert restarter.signal_requests(b"") == []
+
+
+def test_reload_target_needs_the_serving_supervisor():
+    assert restarter.reload_target({"pid": 10, "serving_epoch": 3}, 10) == 4
+    with pytest.raises(ValueError, match="no serving epoch"):
+        restarter.reload_target({"pid": 10, "serving_epoch": None}, 10)
+    with pytest.raises(ValueError, match="no serving epoch"):
+        restarter.reload_target(None, 10)
+    with pytest.raises(ValueError, match="belongs to pid 11, not 10"):
+        restarter.reload_target({"pid": 11, "serving_epoch": 0}, 10)
+
+
+@pytest.mark.parametrize("state, progress", [
+    ({"pid": 10, "serving_epoch": 1, "last_failed_epoch": -1}, "live"),
+    ({"pid": 10, "serving_epoch": 2}, "live"),
+    ({"pid": 10, "serving_epoch": 0, "last_failed_epoch": 1}, "failed"),
+    ({"pid": None, "serving_epoch": None}, "supervisor_gone"),
+    ({}, "supervisor_gone"),
+    ({"pid": 10, "serving_epoch": 0, "pending_epoch": 1, "last_failed_epoch": -1}, None),
+])
+def test_reload_progress(state, progress):
+    assert restarter.reload_progress(state, 1, 10) == progress
+
+
+def test_parser_keeps_the_command_lines():
+    args = restarter.build_parser().parse_args(
+        ["run", "--admin-address", "127.0.0.1:15000", "--state-file", "/run/x.json", "--join-cgroup", "/cg", "--"] + ENVOY)
+    assert args.func is restarter.command_run
+    assert args.join_cgroup == "/cg" and args.ready_timeout == 60.0 and args.stop_timeout == 20.0
+    assert restarter.envoy_command(args.envoy_argv) == ENVOY
+    args = restarter.build_parser().parse_args(["reload", "--pid", "42", "--state-file", "/run/x.json"])
+    assert (args.func, args.pid, args.timeout) == (restarter.command_reload, 42, 90.0)
+    args = restarter.build_parser().parse_args(["validate", "--envoy", "/bin/envoy", "/tmp/cfg"])
+    assert (args.func, args.envoy, args.config) == (restarter.command_validate, "/bin/envoy", "/tmp/cfg")
+    with pytest.raises(SystemExit):
+        restarter.build_parser().parse_args([])
+
+
+def test_run_refuses_a_bad_envoy_command(tmp_path):
+    assert restarter.main(["run", "--admin-address", "127.0.0.1:1", "--state-file", str(tmp_path / "s"), "--"]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_reload_without_a_serving_supervisor_fails_before_signalling(tmp_path):
+    state_file = tmp_path / "restarter.json"
+    assert restarter.main(["reload", "--pid", "1", "--state-file", str(state_file)]) == 1
+    state_file.write_text(json.dumps({"pid": 999999999, "serving_epoch": 0}))
+    # Another supervisor's state: pid 1 is never signalled.
+    assert restarter.main(["reload", "--pid", "1", "--state-file", str(state_file)]) == 1
+
+
+# --- state file ---------------------------------------------------------------------------------
+
+def test_state_file_is_replaced_whole(tmp_path):
+    path = tmp_path / "restarter.json"
+    restarter.write_state(str(path), {"serving_epoch": 0})
+    restarter.write_state(str(path), {"serving_epoch": 1})
+    assert restarter.read_state(str(path)) == {"serving_epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["restarter.json"]
+    path.write_text("{half")
+    assert restarter.read_state(str(path)) is None
+    assert restarter.read_state(str(tmp_path / "missing")) is None
+
+
+def test_file_sha1_is_ansibles_checksum(tmp_path):
+    path = tmp_path / "envoy.yaml"
+    path.write_bytes(b"admin: {}\n")
+    assert restarter.file_sha1(str(path)) == hashlib.sha1(b"admin: {}\n").hexdigest()
+    assert restarter.file_sha1(str(tmp_path / "missing")) is None
+    assert restarter.file_sha1(None) is None
+
+
+# --- the supervisor's bookkeeping, with fake Envoy processes -----------------------------------
+
+def serve(supervisor, epoch, pid, sha1="a" * 40):
+    supervisor.children[epoch] = FakeEnvoy(pid)
+    supervisor.config_sha1[epoch] = sha1
+    supervisor.serving = epoch
+
+
+def test_new_epoch_goes_live(supervisor, monkeypatch):
+    serve(supervisor, 0, 100)
+    supervisor.children[1] = FakeEnvoy(101)
+    supervisor.config_sha1[1] = "b" * 40
+    supervisor.pending = 1
+    supervisor.pending_deadline = float("inf")
+    monkeypatch.setattr(restarter, "admin_server_info",
+                        lambda address: {"state": "LIVE", "command_line_options": {"restart_epoch": 1}})
+    supervisor.check_pending()
+    assert (supervisor.serving, supervisor.pending) == (1, None)
+    assert saved(supervisor)["serving_config_sha1"] == "b" * 40
+
+
+def test_failed_start_keeps_the_serving_epoch(supervisor):
+    serve(supervisor, 0, 100)
+    supervisor.children[1] = FakeEnvoy(101, code=1)
+    supervisor.pending = 1
+    supervisor.reload_queued = True
+    supervisor.reap()
+    assert (supervisor.serving, supervisor.pending, supervisor.last_failed_epoch) == (0, None, 1)
+    assert not supervisor.reload_queued
+    assert saved(supervisor)["last_failed_epoch"] == 1 and saved(supervisor)["serving_epoch"] == 0
+
+
+def test_drained_epoch_leaves_quietly(supervisor):
+    serve(supervisor, 1, 101)
+    supervisor.children[0] = FakeEnvoy(100, code=0)
+    supervisor.reap()
+    assert supervisor.serving == 1 and list(supervisor.children) == [1]
+    assert saved(supervisor)["envoy_pids"] == {"1": 101}
+
+
+def test_dead_serving_epoch_stops_the_supervisor(supervisor):
+    serve(supervisor, 0, 100)
+    supervisor.children[0].code = -signal.SIGKILL
+    with pytest.raises(SystemExit) as stopped:
+        supervisor.reap()
+    assert stopped.value.code == 1
+    assert saved(supervisor)["serving_epoch"] is None
+
+
+def test_first_epoch_not_live_in_time_stops_the_supervisor(supervisor, monkeypatch):
+    monkeypatch.setattr(restarter, "admin_server_info", lambda address: None)
+    supervisor.children[0] = FakeEnvoy(100)
+    supervisor.pending = 0
+    supervisor.pending_deadline = 0.0
+    with pytest.raises(SystemExit) as stopped:
+        supervisor.check_pending()
+    assert stopped.value.code == 1
+    assert supervisor.children == {} and saved(supervisor)["last_failed_epoch"] == 0
+    assert saved(supervisor)["pending_epoch"] is None
+
+
+def test_shutdown_stops_every_epoch(supervisor):
+    serve(supervisor, 0, 100)
+    draining = supervisor.children[0]
+    serve(supervisor, 1, 101)
+    serving = supervisor.children[1]
+    assert supervisor.shutdown(signal.SIGTERM) == 0
+    assert draining.signals == [signal.SIGTERM] and serving.signals == [signal.SIGTERM]
+    assert saved(supervisor)["serving_epoch"] is None and saved(supervisor)["envoy_pids"] == {}
+
+
+def test_reload_while_starting_is_queued(supervisor):
+    serve(supervisor, 0, 100)
+    supervisor.pending = 1
+    supervisor.request_reload()
+    assert supervisor.reload_queued and supervisor.reloads == 0
