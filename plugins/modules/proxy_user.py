@@ -159,10 +159,12 @@ home:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import LC_ENV, HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._proxy_user import (
     DEFAULT_ID,
     DEFAULT_NAME,
     ProxyUserManager,
+    validate_params,
 )
 
 
@@ -180,7 +182,19 @@ def main():
         ),
         supports_check_mode=True,
     )
-    module.exit_json(**ProxyUserManager(module).run())
+
+    def run_command(argv):
+        return module.run_command(argv, environ_update=LC_ENV)
+
+    try:
+        spec = validate_params(module.params)
+        result, diff = ProxyUserManager(spec, run_command, check_mode=module.check_mode,
+                                        get_bin_path=module.get_bin_path, warn=module.warn).run()
+    except HostmeshError as exc:
+        module.fail_json(**exc.fail_json_args())
+    if module._diff:
+        result["diff"] = diff
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

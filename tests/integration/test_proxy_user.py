@@ -219,6 +219,9 @@ BAD_INPUTS = [
                  "uid=SQUATTER_UID already belongs to user 'hmt-squatter'", id="uid-collision"),
     pytest.param({"name": "hmt-proxy", "uid": TEST_ID, "gid": "SQUATTER_GID"},
                  "gid=SQUATTER_GID already belongs to group 'hmt-squatters'", id="gid-collision"),
+    pytest.param({"name": "hmt-proxy", "uid": "SQUATTER_UID", "gid": "SQUATTER_GID"},
+                 "uid=SQUATTER_UID already belongs to user 'hmt-squatter' and gid=SQUATTER_GID already belongs to "
+                 "group 'hmt-squatters'; the proxy needs a free UID and a free GID", id="uid-and-gid-collision"),
     pytest.param({"name": "hmt-squatter", "uid": TEST_ID, "gid": TEST_ID},
                  "user 'hmt-squatter' exists with UID SQUATTER_UID, not uid=%d" % TEST_ID, id="existing-user-other-uid"),
     pytest.param({"name": "hmt-proxy", "uid": TEST_ID, "gid": TEST_ID, "comment": "a:b"},

@@ -7,15 +7,19 @@
 
 from __future__ import annotations
 
+import grp
+import pwd
+
 import pytest
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._proxy_user import (
     HOME,
     Account,
     AccountsView,
     Group,
     ProcessInfo,
-    ProxyUserError,
+    ProxyUserManager,
     UserSpec,
     find_nologin_shell,
     parse_status_ids,
@@ -63,7 +67,7 @@ def test_group_defaults_to_name():
 
 @pytest.mark.parametrize("name", ["", "a/b", "a:b", "a b", "1337", "-x", "x" * 33, "é", "a\nb"])
 def test_bad_names(name):
-    with pytest.raises(ProxyUserError, match=r"name=.* is not a valid account name"):
+    with pytest.raises(HostmeshError, match=r"name=.* is not a valid account name"):
         validate_params({"name": name})
 
 
@@ -81,13 +85,13 @@ def test_good_names(name):
     ("1337", "uid='1337' is not an integer"),
 ])
 def test_bad_uids(uid, message):
-    with pytest.raises(ProxyUserError) as err:
+    with pytest.raises(HostmeshError) as err:
         validate_params({"uid": uid})
     assert message in str(err.value)
 
 
 def test_bad_gid_and_group_reported_together_with_uid():
-    with pytest.raises(ProxyUserError) as err:
+    with pytest.raises(HostmeshError) as err:
         validate_params({"uid": 0, "gid": -5, "group": "bad/group"})
     text = str(err.value)
     assert "uid=0" in text and "gid=-5" in text and "group='bad/group'" in text
@@ -95,12 +99,12 @@ def test_bad_gid_and_group_reported_together_with_uid():
 
 @pytest.mark.parametrize("comment", ["a:b", "two\nlines"])
 def test_bad_comment(comment):
-    with pytest.raises(ProxyUserError, match="comment="):
+    with pytest.raises(HostmeshError, match="comment="):
         validate_params({"comment": comment})
 
 
 def test_bad_state():
-    with pytest.raises(ProxyUserError, match="state='gone'"):
+    with pytest.raises(HostmeshError, match="state='gone'"):
         validate_params({"state": "gone"})
 
 
@@ -155,26 +159,64 @@ def test_comment_only_enforced_when_given():
 
 def test_uid_owned_by_another_user_fails():
     view = AccountsView(uid_owner="postgres", nologin_shell=NOLOGIN)
-    with pytest.raises(ProxyUserError, match="uid=1337 already belongs to user 'postgres'"):
+    with pytest.raises(HostmeshError, match="uid=1337 already belongs to user 'postgres'"):
         plan(spec(), view)
 
 
 def test_gid_owned_by_another_group_fails():
     view = AccountsView(gid_owner="docker", nologin_shell=NOLOGIN)
-    with pytest.raises(ProxyUserError, match="gid=1337 already belongs to group 'docker'"):
+    with pytest.raises(HostmeshError, match="gid=1337 already belongs to group 'docker'"):
         plan(spec(), view)
 
 
 def test_all_conflicts_are_reported_at_once():
     view = AccountsView(uid_owner="postgres", gid_owner="docker", nologin_shell=NOLOGIN)
-    with pytest.raises(ProxyUserError) as err:
+    with pytest.raises(HostmeshError) as err:
         plan(spec(), view)
     assert "user 'postgres'" in str(err.value) and "group 'docker'" in str(err.value)
 
 
+def test_a_taken_uid_and_gid_are_named_in_one_message():
+    # What `useradd -u 1337 olduser` leaves on Debian: the UID and, for its group, the same GID.
+    view = AccountsView(uid_owner="olduser", gid_owner="olduser", nologin_shell=NOLOGIN)
+    with pytest.raises(HostmeshError) as err:
+        plan(spec(), view)
+    assert str(err.value) == (
+        "uid=1337 already belongs to user 'olduser' and gid=1337 already belongs to group 'olduser'; the proxy "
+        "needs a free UID and a free GID: choose another uid and another gid, or remove that user and that group")
+    assert err.value.option == "uid" and len(err.value.problems) == 1
+    assert err.value.details == {"taken": {"uid": {"id": 1337, "owner": "olduser"},
+                                           "gid": {"id": 1337, "owner": "olduser"}}}
+    assert err.value.fail_json_args()["taken"]["gid"]["owner"] == "olduser"
+
+
+def test_a_taken_gid_alone_says_which_option_to_change():
+    view = AccountsView(gid_owner="olduser", nologin_shell=NOLOGIN)
+    with pytest.raises(HostmeshError) as err:
+        plan(spec(uid=1338), view)
+    assert str(err.value) == "gid=1337 already belongs to group 'olduser'; choose another gid or remove that group"
+    assert err.value.option == "gid" and err.value.details == {"taken": {"gid": {"id": 1337, "owner": "olduser"}}}
+
+
+def test_taken_ids_come_first_among_other_problems():
+    view = converged_view(user=proxy_account(uid=990), group=None, gid_owner="docker", uid_owner=None)
+    with pytest.raises(HostmeshError) as err:
+        plan(spec(), view)
+    assert [option for option, _message in err.value.problems] == ["gid", "uid"]
+    assert str(err.value).startswith("gid=1337 already belongs to group 'docker'; choose another gid")
+    assert "user 'hostmesh-proxy' exists with UID 990, not uid=1337" in str(err.value)
+
+
+def test_moving_onto_a_taken_uid_names_the_account_to_move():
+    view = converged_view(user=proxy_account(uid=990), uid_owner="postgres")
+    with pytest.raises(HostmeshError) as err:
+        plan(spec(allow_uid_change=True), view)
+    assert str(err.value) == "uid=1337 already belongs to user 'postgres'; cannot move user 'hostmesh-proxy' to it"
+
+
 def test_existing_user_with_other_uid_needs_allow_uid_change():
     view = converged_view(user=proxy_account(uid=990), uid_owner=None)
-    with pytest.raises(ProxyUserError, match="exists with UID 990, not uid=1337; set allow_uid_change=true"):
+    with pytest.raises(HostmeshError, match="exists with UID 990, not uid=1337; set allow_uid_change=true"):
         plan(spec(), view)
     result = plan(spec(allow_uid_change=True), view)
     assert result.commands == [["usermod", "--uid", "1337", "hostmesh-proxy"]]
@@ -184,16 +226,16 @@ def test_existing_user_with_other_uid_needs_allow_uid_change():
 def test_uid_change_refused_while_processes_run_or_uid_taken():
     view = converged_view(user=proxy_account(uid=990), uid_owner=None,
                           processes=[ProcessInfo(4242, "envoy")])
-    with pytest.raises(ProxyUserError, match=r"while processes run as it: 4242 \(envoy\)"):
+    with pytest.raises(HostmeshError, match=r"while processes run as it: 4242 \(envoy\)"):
         plan(spec(allow_uid_change=True), view)
     view = converged_view(user=proxy_account(uid=990), uid_owner="postgres")
-    with pytest.raises(ProxyUserError, match="uid=1337 already belongs to user 'postgres'"):
+    with pytest.raises(HostmeshError, match="uid=1337 already belongs to user 'postgres'"):
         plan(spec(allow_uid_change=True), view)
 
 
 def test_existing_group_with_other_gid_needs_allow_gid_change():
     view = converged_view(user=proxy_account(gid=990), group=Group("hostmesh-proxy", 990), gid_owner=None)
-    with pytest.raises(ProxyUserError, match="group 'hostmesh-proxy' exists with GID 990, not gid=1337"):
+    with pytest.raises(HostmeshError, match="group 'hostmesh-proxy' exists with GID 990, not gid=1337"):
         plan(spec(), view)
     result = plan(spec(allow_gid_change=True), view)
     # groupmod moves the user's primary GID along: no usermod --gid.
@@ -203,7 +245,7 @@ def test_existing_group_with_other_gid_needs_allow_gid_change():
 
 def test_gid_change_refused_when_gid_taken():
     view = converged_view(group=Group("hostmesh-proxy", 990), gid_owner="docker")
-    with pytest.raises(ProxyUserError, match="gid=1337 already belongs to group 'docker'"):
+    with pytest.raises(HostmeshError, match="gid=1337 already belongs to group 'docker'"):
         plan(spec(allow_gid_change=True), view)
 
 
@@ -233,7 +275,7 @@ def test_absent_when_nothing_exists_is_not_changed():
 
 def test_absent_refused_while_processes_run():
     view = converged_view(processes=[ProcessInfo(p, "sleep") for p in range(100, 108)])
-    with pytest.raises(ProxyUserError) as err:
+    with pytest.raises(HostmeshError) as err:
         plan(spec(state="absent"), view)
     assert "refusing to remove user 'hostmesh-proxy' (UID 1337) while processes run as it" in str(err.value)
     assert "100 (sleep)" in str(err.value) and "and 3 more" in str(err.value)
@@ -241,7 +283,7 @@ def test_absent_refused_while_processes_run():
 
 def test_absent_refuses_to_delete_another_users_primary_group():
     view = converged_view(primary_group_users=["alice"])
-    with pytest.raises(ProxyUserError, match="refusing to remove group 'hostmesh-proxy' .* primary group of "
+    with pytest.raises(HostmeshError, match="refusing to remove group 'hostmesh-proxy' .* primary group of "
                                              "user.s. alice"):
         plan(spec(state="absent"), view)
 
@@ -276,5 +318,50 @@ def test_processes_running_as_scans_every_uid_field(tmp_path):
 def test_find_nologin_shell():
     assert find_nologin_shell(lambda p: p in ("/sbin/nologin", "/bin/false")) == "/sbin/nologin"
     assert find_nologin_shell(lambda p: p == "/bin/false") == "/bin/false"
-    with pytest.raises(ProxyUserError, match="no login-denying shell"):
+    with pytest.raises(HostmeshError, match="no login-denying shell"):
         find_nologin_shell(lambda p: False)
+
+
+# -- manager (the thin side-effect layer, with injected runner and tool lookup) ----------------
+
+def _unused_account():
+    """A name, UID and GID that no account on this machine has: the plan creates both."""
+    taken_ids = {entry.pw_uid for entry in pwd.getpwall()} | {entry.gr_gid for entry in grp.getgrall()}
+    free = next(number for number in range(40000, 50000) if number not in taken_ids)
+    return {"name": "hmt-unit-%d" % free, "uid": free, "gid": free}
+
+
+def _never_run(argv):
+    raise AssertionError("no command may run: %r" % (argv,))
+
+
+def test_manager_check_mode_returns_result_and_diff_without_running_anything():
+    params = _unused_account()
+    manager = ProxyUserManager(validate_params(params), _never_run, check_mode=True,
+                               get_bin_path=lambda name: "/usr/sbin/" + name)
+    result, diff = manager.run()
+    assert result["changed"] is True and result["uid"] == params["uid"] and "diff" not in result
+    assert diff["before"]["user"] == {"name": params["name"], "state": "absent"}
+    assert diff["after"]["group"] == {"name": params["name"], "state": "present", "gid": params["gid"]}
+
+
+def test_manager_fails_before_the_first_command_when_a_tool_is_missing():
+    manager = ProxyUserManager(validate_params(_unused_account()), _never_run,
+                               get_bin_path=lambda name: None if name == "useradd" else "/usr/sbin/" + name)
+    with pytest.raises(HostmeshError, match="cannot find useradd"):
+        manager.run()
+
+
+def test_manager_reports_a_failed_command_with_its_output():
+    calls = []
+
+    def refuse(argv):
+        calls.append(argv)
+        return 4, "", "groupadd: GID '%s' already exists\n" % argv[2]
+
+    manager = ProxyUserManager(validate_params(_unused_account()), refuse, get_bin_path=lambda name: "/sbin/" + name)
+    with pytest.raises(HostmeshError) as err:
+        manager.run()
+    assert len(calls) == 1 and calls[0][0] == "/sbin/groupadd"
+    assert str(err.value).startswith("groupadd failed with exit code 4: groupadd: GID")
+    assert err.value.details["rc"] == 4 and err.value.details["cmd"][0] == "groupadd"
