@@ -37,8 +37,10 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "lab"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import hostmesh_lab  # noqa: E402  pylint: disable=wrong-import-position
+from collections_path import link_checkout  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 HOSTS = {"alpha": "uid", "bravo": "mark", "charlie": "net_cls", "delta": "cgroup_path"}
 ENVOY_BIN = REPO_ROOT / ".cache" / "envoy" / "envoy"
@@ -93,9 +95,7 @@ def write_controller(lab_state: dict) -> tuple[pathlib.Path, dict]:
         "transparent_proxy_outbound_exclude_ports: [9999]\n", encoding="utf-8")
     for host, bypass in HOSTS.items():
         (inventory / "host_vars" / f"{host}.yml").write_text(f"---\nhostmesh_bypass: {bypass}\n", encoding="utf-8")
-    collection = controller / "collections" / "ansible_collections" / "hostmesh"
-    collection.mkdir(parents=True)
-    (collection / "sidecar").symlink_to(REPO_ROOT)
+    link_checkout(controller / "collections", REPO_ROOT)
     (controller / "ping.yml").write_text(PING_PLAYBOOK, encoding="utf-8")
     (controller / "ansible-home" / "tmp").mkdir(parents=True)
     (controller / "logs").mkdir()

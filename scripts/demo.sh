@@ -137,11 +137,10 @@ step_done "boot 4 hosts"
 
 # 3. The controller side, inside the lab directory (removed with it): an inventory directory
 # (the lab's inventory plus the fleet's variables), a collections path in which
-# hostmesh.sidecar is this checkout (as tests/lab/molecule-dependency.sh makes for Molecule),
-# and Ansible's own temporary files.
-mkdir -p "$CONTROLLER_DIR/inventory/group_vars" "$CONTROLLER_DIR/inventory/host_vars" \
-    "$CONTROLLER_DIR/collections/ansible_collections/hostmesh" "$CONTROLLER_DIR/ansible-home/tmp"
-ln -sfn "$REPO_ROOT" "$CONTROLLER_DIR/collections/ansible_collections/hostmesh/sidecar"
+# hostmesh.sidecar is this checkout (scripts/collections_path.py), and Ansible's own
+# temporary files.
+mkdir -p "$CONTROLLER_DIR/inventory/group_vars" "$CONTROLLER_DIR/inventory/host_vars" "$CONTROLLER_DIR/ansible-home/tmp"
+"$VENV/bin/python" scripts/collections_path.py "$CONTROLLER_DIR/collections" > /dev/null
 ln -sfn ../../inventory.yml "$CONTROLLER_DIR/inventory/hosts.yml"
 cat > "$CONTROLLER_DIR/inventory/group_vars/all.yml" <<EOF
 ---
@@ -179,182 +178,10 @@ say "deploying the mesh (playbooks/site.yml)"
 "$VENV/bin/ansible-playbook" playbooks/site.yml
 step_done "site.yml"
 
-# 5. Requests between the hosts, and what the sidecars saw. Each host runs its calls itself
-# (over SSH, as root: a workload like any other) and reads its own Envoy's /clusters page right
-# after them, since an ORIGINAL_DST cluster forgets an idle destination after a few seconds.
+# 5. Requests between the hosts, and what the sidecars saw (scripts/demo_report.py).
 say "sending requests between the hosts"
-"$VENV/bin/python" - "$LAB_DIR/state.json" "$WORKLOAD_PORT" "$EXCLUDED_PORT" "$CALLS_PER_PAIR" \
-    "$(for host in "${HOSTS[@]}"; do printf '%s=%s ' "$host" "${BYPASS[$host]}"; done)" <<'PY'
-import json
-import shlex
-import subprocess
-import sys
-
-state_path, port, excluded, calls_per_pair, bypass_text = sys.argv[1:6]
-port, excluded, calls_per_pair = int(port), int(excluded), int(calls_per_pair)
-bypass = dict(item.split("=") for item in bypass_text.split())
-state = json.load(open(state_path, encoding="utf-8"))
-hosts = list(state["hosts"])
-address = {host: state["hosts"][host]["address"] for host in hosts}
-host_of = {value: key for key, value in address.items()}
-INBOUND_SOURCE = "127.0.0.6"  # the inbound sidecar's passthrough source address
-
-# Runs on a host: the calls of the job, then a read of the local Envoy's admin interface.
-REMOTE = r'''
-import json, sys, urllib.request
-job = json.loads(sys.argv[1])
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-def get(url):
-    with opener.open(url, timeout=10) as response:
-        return response.read().decode()
-out = {"calls": []}
-for call in job["calls"]:
-    try:
-        body = json.loads(get(call["url"]))
-        out["calls"].append(dict(call, ok=True, host=body["host"], peer=body["peer"]))
-    except Exception as exc:  # reported, not raised: the table shows which call failed
-        out["calls"].append(dict(call, ok=False, error=str(exc)))
-admin = "http://127.0.0.1:15000"
-out["ready"] = get(admin + "/ready").strip()
-out["stats"] = {}
-for line in get(admin + "/stats").splitlines():
-    name, _, value = line.partition(": ")
-    if name.startswith(("tcp.", "cluster.outbound_passthrough.", "cluster.inbound_passthrough.")) and value.isdigit():
-        out["stats"][name] = int(value)
-out["destinations"] = {}
-for line in get(admin + "/clusters").splitlines():
-    parts = line.split("::")
-    if len(parts) == 4 and parts[0] == "outbound_passthrough" and parts[2] == "cx_total":
-        out["destinations"][parts[1]] = int(parts[3])
-print(json.dumps(out))
-'''
-
-
-def on_host(host, calls):
-    argv = [state["ssh_wrappers"]["ssh"], "-i", state["key"], "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"root@{address[host]}",
-            "python3 - " + shlex.quote(json.dumps({"calls": calls}))]
-    proc = subprocess.run(argv, input=REMOTE, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"[demo] {host}: the request run failed ({proc.returncode}): {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
-
-
-before = {host: on_host(host, []) for host in hosts}
-runs = {}
-for index, caller in enumerate(hosts):
-    calls = [{"to": callee, "port": port, "url": f"http://{address[callee]}:{port}/"}
-             for callee in hosts if callee != caller for _ in range(calls_per_pair)]
-    next_host = hosts[(index + 1) % len(hosts)]
-    calls.append({"to": next_host, "port": excluded, "url": f"http://{address[next_host]}:{excluded}/"})
-    runs[caller] = on_host(caller, calls)
-after = {host: on_host(host, []) for host in hosts}
-
-
-def delta(host, name):
-    return after[host]["stats"].get(name, 0) - before[host]["stats"].get(name, 0)
-
-
-OUT = "tcp.outbound_passthrough.downstream_cx_total"
-IN = f"tcp.inbound_{port}.downstream_cx_total"
-IN_OTHER = "tcp.inbound_passthrough.downstream_cx_total"
-UP_OUT = "cluster.outbound_passthrough.upstream_cx_total"
-UP_IN = "cluster.inbound_passthrough.upstream_cx_total"
-
-
-def destination_deltas(host):
-    """Per-destination connections of this host's calls, from /clusters read before and right after them.
-
-    An idle ORIGINAL_DST destination may be dropped and come back with counters from zero: a count
-    lower than before is then a new entry's whole count."""
-    earlier = before[host]["destinations"]
-    deltas = {}
-    for destination, count in runs[host]["destinations"].items():
-        previous = earlier.get(destination, 0)
-        if count != previous:
-            deltas[destination] = count - previous if count > previous else count
-    return deltas
-
-
-def table(header, rows):
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [header, ["-" * width for width in widths]] + rows]
-    print("\n".join("  " + line for line in lines))
-
-
-all_calls = [dict(call, caller=caller) for caller in hosts for call in runs[caller]["calls"]]
-mesh_calls = [call for call in all_calls if call["port"] == port]
-excluded_calls = [call for call in all_calls if call["port"] == excluded]
-peers_in = len(hosts) - 1
-
-print()
-print(f"What the sidecars saw: each host called every other host's :{port} {calls_per_pair} times "
-      f"({peers_in * calls_per_pair} calls) and the next host's :{excluded} once (an excluded port).")
-print("Counters are the change of each host's Envoy stats (admin 127.0.0.1:15000) over these calls:")
-print("  outbound  connections the outbound listener took from this host's workload (tcp.outbound_passthrough)")
-print("  upstream  connections the outbound sidecar opened to their destinations (not captured again: no loop)")
-print(f"  inbound   connections the inbound listener took for the workload's :{port}, and for any other port")
-print("  per destination  connections per original destination, from the admin /clusters page (outbound_passthrough)")
-print()
-rows = []
-for host in hosts:
-    per_destination = []
-    for destination, count in sorted(destination_deltas(host).items()):
-        dest_address, _, dest_port = destination.rpartition(":")
-        per_destination.append(f"{host_of.get(dest_address, dest_address)}:{dest_port}={count}")
-    rows.append([host, address[host], bypass.get(host, "?"), after[host]["ready"],
-                 f"+{delta(host, OUT)}", f"+{delta(host, UP_OUT)}",
-                 f"+{delta(host, IN)}", f"+{delta(host, IN_OTHER)}", " ".join(per_destination) or "-"])
-table(["host", "address", "bypass", "envoy", "outbound", "upstream", f"inbound :{port}", "inbound other",
-       "outbound per destination (/clusters cx_total)"], rows)
-print()
-print(f"Calls to :{port} as the called workload saw them: answered/sent and the caller address it saw "
-      f"({INBOUND_SOURCE} = through its inbound sidecar)")
-print()
-rows = []
-for caller in hosts:
-    row = [caller]
-    for callee in hosts:
-        pair = [call for call in mesh_calls if call["caller"] == caller and call["to"] == callee]
-        if not pair:
-            row.append("-")
-            continue
-        answered = [call for call in pair if call["ok"] and call["host"] == callee]
-        peers = sorted({call.get("peer", "error") for call in pair})
-        row.append(f"{len(answered)}/{len(pair)} from {','.join(peers)}")
-    rows.append(row)
-table(["from \\ to"] + hosts, rows)
-print()
-print(f"Calls to the excluded port :{excluded} (past both sidecars: the workload sees the caller's own address)")
-print()
-table(["from", "to", "answered by", "caller address the workload saw"],
-      [[call["caller"], call["to"], call.get("host", "error: " + call.get("error", "?")),
-        call.get("peer", "-")] for call in excluded_calls])
-
-checks = [
-    ("every call was answered by the host it was sent to",
-     all(call["ok"] and call["host"] == call["to"] for call in all_calls)),
-    (f":{port} calls reached the workload from {INBOUND_SOURCE} (through the callee's inbound sidecar)",
-     all(call.get("peer") == INBOUND_SOURCE for call in mesh_calls)),
-    (f"each caller's outbound sidecar counted each of its :{port} calls once (no loop, "
-     f":{excluded} not counted)",
-     all(delta(host, OUT) == delta(host, UP_OUT) == peers_in * calls_per_pair for host in hosts)),
-    (f"each callee's inbound sidecar counted each :{port} call to it once",
-     all(delta(host, IN) == peers_in * calls_per_pair and delta(host, IN_OTHER) == 0
-         and delta(host, UP_IN) == peers_in * calls_per_pair for host in hosts)),
-    ("each caller's /clusters page counted its calls per destination",
-     all(destination_deltas(host) == {f"{address[callee]}:{port}": calls_per_pair
-                                      for callee in hosts if callee != host} for host in hosts)),
-    (f":{excluded} calls went past both sidecars (the workload saw the caller's address)",
-     all(call.get("peer") == address[call["caller"]] for call in excluded_calls)),
-]
-print()
-for text, passed in checks:
-    print(f"  {'ok  ' if passed else 'FAIL'} {text}")
-sys.exit(0 if all(passed for _, passed in checks) else 1)
-PY
+"$VENV/bin/python" scripts/demo_report.py "$LAB_DIR/state.json" "$WORKLOAD_PORT" "$EXCLUDED_PORT" "$CALLS_PER_PAIR" \
+    "$(for host in "${HOSTS[@]}"; do printf '%s=%s ' "$host" "${BYPASS[$host]}"; done)"
 step_done "requests and report"
 
 say "timings"

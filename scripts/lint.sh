@@ -12,10 +12,8 @@ cd "$REPO_ROOT" || exit 1
 export PATH="$REPO_ROOT/.venv/bin:$PATH"
 # ansible-lint must resolve hostmesh.sidecar.* to this checkout (offline: it
 # installs nothing): a collections path whose hostmesh/sidecar links here.
-lint_collections="$REPO_ROOT/.cache/lint-collections"
-mkdir -p "$lint_collections/ansible_collections/hostmesh"
-ln -sfn "$REPO_ROOT" "$lint_collections/ansible_collections/hostmesh/sidecar"
-export ANSIBLE_COLLECTIONS_PATH="$lint_collections"
+ANSIBLE_COLLECTIONS_PATH=$(python3 "$REPO_ROOT/scripts/collections_path.py" "$REPO_ROOT/.cache/lint-collections")
+export ANSIBLE_COLLECTIONS_PATH
 
 status=0
 echo "[lint] ansible-lint"

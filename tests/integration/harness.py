@@ -27,6 +27,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ TARGET_PYTHON = "/usr/bin/python3"
 CALLBACK_DIR = pathlib.Path(__file__).resolve().parent / "callback_plugins"
 NETNS_DIR = "/run/netns"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from collections_path import link_checkout  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 _collections_dir = None
 _live_namespaces = {}
@@ -64,10 +68,7 @@ def collections_path():
     """Session directory holding ansible_collections/hostmesh/sidecar -> REPO_ROOT."""
     global _collections_dir  # pylint: disable=global-statement
     if _collections_dir is None:
-        base = pathlib.Path(tempfile.mkdtemp(prefix="hm-collections-"))
-        namespace_dir = base / "ansible_collections" / "hostmesh"
-        namespace_dir.mkdir(parents=True)
-        (namespace_dir / "sidecar").symlink_to(REPO_ROOT, target_is_directory=True)
+        base = link_checkout(tempfile.mkdtemp(prefix="hm-collections-"), REPO_ROOT)
         _collections_dir = base
         atexit.register(shutil.rmtree, str(base), True)
     return _collections_dir
