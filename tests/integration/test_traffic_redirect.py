@@ -304,6 +304,24 @@ def test_auto_follows_the_configured_command_when_no_variant_holds_rules(netns, 
     assert foreign(netns, "legacy") == foreign_v4
 
 
+GOLDEN_DIR = REPO / "tests" / "unit" / "plugins" / "module_utils" / "testdata" / "netfilter"
+
+
+@pytest.mark.parametrize("mode", ["uid", "gid", "mark", "net_cls"])
+def test_golden_rulesets_are_what_iptables_save_prints(netns, iptables_variant, mode):
+    """The unit tests' golden files, restored into a real kernel, read back byte
+    for byte: the engine renders in iptables-save's own spelling and order.
+    (cgroup_path needs its cgroup to exist; its behaviour test covers it.)"""
+    ipv6_up(netns)
+    builtin = (":PREROUTING ", ":INPUT ", ":OUTPUT ", ":POSTROUTING ")
+    for family in ("ipv4", "ipv6"):
+        golden = (GOLDEN_DIR / f"{mode}-{family}.golden").read_text()
+        restore(netns, iptables_variant, golden, family)
+        printed = [re.sub(r"\[\d+:\d+\]$", "[0:0]", line) for line in save(netns, iptables_variant, family).splitlines()
+                   if not line.startswith(("#",) + builtin)]
+        assert printed == golden.splitlines(), (family, printed)
+
+
 def nft_tables(ns):
     return ns.run(["nft", "list", "tables"]).stdout.splitlines()
 
