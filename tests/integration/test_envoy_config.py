@@ -594,3 +594,54 @@ def test_install_methods_and_removal(netns, workdir):
     assert harness.run_playbook(role_play(), extra_vars=path_vars).rc == 0
     assert harness.run_playbook(role_play(), extra_vars=dict(path_vars, envoy_sidecar_state="absent")).rc == 0
     assert ENVOY.is_file()
+
+
+def verify_play():
+    return [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "tasks": [{"name": "Verify the sidecar",
+                        "ansible.builtin.include_role": {"name": ROLE, "tasks_from": "verify"}}]}]
+
+
+def test_verify_entry_point(mesh_factory):
+    """verify passes against a serving sidecar, and fails naming the admin URL once Envoy is gone."""
+    mesh = mesh_factory("uid")
+    mesh.start()
+    check = {"envoy_sidecar_manage_service": False}
+    served = harness.run_playbook(verify_play(), netns=mesh.host_a, check=True, extra_vars=check)
+    assert served.rc == 0, served.output
+    noted = served.task("hostmesh.sidecar.envoy_sidecar : Note the admin address the sidecar answers on")
+    assert noted["ansible_facts"]["__envoy_sidecar_verify_admin_url"] == "http://127.0.0.1:15000"
+    assert served.task("hostmesh.sidecar.envoy_sidecar : Ask Envoy whether it is ready")["content"].strip() == "LIVE"
+    mesh.sidecar_a.stop()
+    stopped = harness.run_playbook(verify_play(), netns=mesh.host_a, extra_vars=check)
+    assert stopped.rc != 0
+    assert "does not serve: GET http://127.0.0.1:15000/ready" in stopped.stdout, stopped.output
+
+
+def test_version_is_read_and_only_a_pin_checked(workdir):
+    root = workdir / "root"
+    for pinned in ("", "1.40", "1.40.0"):
+        result = render(root, envoy_sidecar_version=pinned)
+        noted = result.task("hostmesh.sidecar.envoy_sidecar : Note the Envoy version")
+        assert noted["ansible_facts"]["__envoy_sidecar_binary_version"] == "1.40.0"
+    result = harness.run_playbook(role_play(), extra_vars=sidecar_vars(root, envoy_sidecar_version="1.4"))
+    assert result.rc != 0
+    assert "envoy_sidecar_version=1.4 expected" in result.stdout and "--version says 1.40.0" in result.stdout
+
+
+def test_shared_hostmesh_variables_feed_the_role(workdir):
+    """The role defaults read hostmesh_*; a role variable given beside them wins."""
+    root = workdir / "root"
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    play = role_play()
+    play[0]["vars"] = {"hostmesh_inbound_port": 16006, "hostmesh_outbound_port": 16001,
+                       "hostmesh_bypass": "gid", "envoy_sidecar_outbound_port": 17001}
+    variables = sidecar_vars(root)
+    del variables["envoy_sidecar_workload_ports"]
+    result = harness.run_playbook(play, extra_vars=dict(variables, hostmesh_workload_ports=[{"port": 9090}]))
+    assert result.rc == 0, result.output
+    config = config_path(root).read_text()
+    assert "port_value: 16006" in config and "port_value: 17001" in config
+    assert "port_value: 16001" not in config and "port_value: 15006" not in config
+    assert '"hostmesh.bypass": "gid"' in config or '"hostmesh.bypass":"gid"' in config, config
+    assert "inbound_9090" in config
