@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import hostmesh_lab as lab_tool
+from hmlab import lifecycle
 
 pytestmark = pytest.mark.lab
 
@@ -290,7 +291,7 @@ def test_interrupted_up_leaves_nothing(image, monkeypatch, fresh_lab, when):
         seen["supervisors"] = [lab_tool.host_runtime(lab, host).get("supervisor_pid") for host in hosts]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lab_tool, "wait_all", interrupted_wait_all)
+    monkeypatch.setattr(lifecycle, "wait_all", interrupted_wait_all)  # where up() looks it up
     with pytest.raises(KeyboardInterrupt):
         lab_tool.up(name, ["alpha", "bravo"], subnet="10.81.0.0/24")
     assert all(seen["supervisors"]), "the hosts were started before the interruption"
