@@ -61,6 +61,11 @@ def builtin_items(config) -> tuple:
                 i += 1
                 continue
             value = tokens[i + 1] if i + 1 < len(tokens) else None
+            if token == "--tcp-flags":
+                # The jumps' SYN-only match: --tcp-flags MASK SET, two values.
+                item["tcp_flags"] = {"flags": value.split(","), "flags_set": tokens[i + 2].split(",")}
+                i += 3
+                continue
             if token == "-s":
                 item["source"] = negate + value
             elif token == "-d":
@@ -70,7 +75,7 @@ def builtin_items(config) -> tuple:
             elif token == "-p":
                 item["protocol"] = value
             elif token == "-m":
-                if value not in ("multiport", "owner", "comment"):
+                if value not in ("multiport", "owner", "comment", "tcp"):
                     raise ValueError(f"bench cannot express -m {value}")
             elif token == "--dports":
                 item["destination_ports"] = value.split(",")
