@@ -284,7 +284,7 @@ def test_absent_refused_while_processes_run():
 def test_absent_refuses_to_delete_another_users_primary_group():
     view = converged_view(primary_group_users=["alice"])
     with pytest.raises(HostmeshError, match="refusing to remove group 'hostmesh-proxy' .* primary group of "
-                                             "user.s. alice"):
+                                            "user.s. alice"):
         plan(spec(state="absent"), view)
 
 
