@@ -57,7 +57,7 @@ print(json.dumps(out))
 
 
 def envoy_stats_filters():
-    """The collection's /stats parser and delta (plugins/filter/envoy_stats.py), the one place counters are read."""
+    """(parse, delta): the collection's /stats filters (plugins/filter/envoy_stats.py), the one place counters are read."""
     sys.path.insert(0, str(link_checkout(REPO_ROOT / ".cache" / "demo-collections")))
     # pylint: disable-next=import-outside-toplevel,import-error
     from ansible_collections.hostmesh.sidecar.plugins.filter.envoy_stats import envoy_stats_delta, parse_envoy_stats
@@ -69,7 +69,7 @@ def plan_calls(hosts: list[str], address: dict, port: int, excluded: int, calls_
     plan = {}
     for index, caller in enumerate(hosts):
         calls = [{"to": callee, "port": port, "url": f"http://{address[callee]}:{port}/"}
-                 for callee in hosts if callee != caller for _ in range(calls_per_pair)]
+                 for callee in hosts if callee != caller for _repeat in range(calls_per_pair)]
         next_host = hosts[(index + 1) % len(hosts)]
         calls.append({"to": next_host, "port": excluded, "url": f"http://{address[next_host]}:{excluded}/"})
         plan[caller] = calls
@@ -145,7 +145,7 @@ class Report:
         for host in hosts:
             per_destination = []
             for destination, count in sorted(self.destinations(host).items()):
-                dest_address, _, dest_port = destination.rpartition(":")
+                dest_address, dest_port = destination.rsplit(":", 1)
                 per_destination.append(f"{self.host_of.get(dest_address, dest_address)}:{dest_port}={count}")
             rows.append([host, self.address[host], self.bypass.get(host, "?"), self.after[host]["ready"],
                          f"+{self.delta(host, OUT)}", f"+{self.delta(host, UP_OUT)}",
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     state = json.loads(Path(state_path).read_text(encoding="utf-8"))
     hosts = list(state["hosts"])
     address = {host: state["hosts"][host]["address"] for host in hosts}
-    _, stats_delta = envoy_stats_filters()
+    stats_delta = envoy_stats_filters()[1]
 
     before = {host: on_host(state, host, []) for host in hosts}
     runs = {caller: on_host(state, caller, calls)
@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
     after = {host: on_host(state, host, []) for host in hosts}
     report = Report(hosts, address, bypass, port, excluded, calls_per_pair, before, runs, after, stats_delta)
     print(report.text())
-    return 0 if all(passed for _, passed in report.checks()) else 1
+    return 0 if all(passed for _text, passed in report.checks()) else 1
 
 
 if __name__ == "__main__":

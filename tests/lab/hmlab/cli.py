@@ -20,7 +20,6 @@ from .supervisor import supervise
 from .lifecycle import down, exec_in_lab, reboot, shell_argv, start, status, stop, up
 
 
-
 # The first paragraph of the package docstring, as the entry point showed its own.
 LAB_SUMMARY = (sys.modules[__package__].__doc__ or "").split("\n\n", maxsplit=1)[0]
 

@@ -62,7 +62,6 @@ from .cgroups import lab_cgroup_bases, remove_cgroups
 from .supervisor import console_tail, current_leader, start_supervisor, wait_all, wait_ready
 
 
-
 @contextlib.contextmanager
 def signals_as_exceptions():
     """SIGTERM/SIGHUP become SystemExit so the cleanup in `up` runs."""

@@ -32,7 +32,6 @@ from .network import ip, netns_exists, pids_in_netns, reset_host_network
 from .cgroups import host_cgroup_dirs, join_cgroups_preexec, join_net_cls_cgroup, reset_net_cls_cgroup
 
 
-
 def nspawn_argv(lab: str, host: str) -> list[str]:
     return [
         "systemd-nspawn",

@@ -51,7 +51,7 @@ def test_render_table_pads_columns_and_underlines_the_header():
 
 def _readings(outbound=4, inbound=4, peer="127.0.0.6", answered_by=None):
     """A run of the plan above in which every sidecar counted as told."""
-    parse, _ = demo_report.envoy_stats_filters()
+    parse, delta = demo_report.envoy_stats_filters()
     assert parse("tcp.x: 1\n") == {"tcp.x": 1}
     plan = demo_report.plan_calls(HOSTS, ADDRESS, PORT, EXCLUDED, PER_PAIR)
     empty = {"ready": "LIVE", "stats": "", "clusters": ""}
@@ -68,19 +68,18 @@ def _readings(outbound=4, inbound=4, peer="127.0.0.6", answered_by=None):
         runs[caller] = {"calls": results, "clusters": clusters}
     after = {host: dict(empty, stats=counted) for host in HOSTS}
     before = {host: dict(empty) for host in HOSTS}
-    _, delta = demo_report.envoy_stats_filters()
     return demo_report.Report(HOSTS, ADDRESS, {"alpha": "uid"}, PORT, EXCLUDED, PER_PAIR, before, runs, after, delta)
 
 
 def test_report_passes_when_every_sidecar_counted_each_call_once():
     report = _readings()
-    assert [passed for _, passed in report.checks()] == [True] * 6
+    assert [passed for _text, passed in report.checks()] == [True] * 6
     assert "FAIL" not in report.text()
 
 
 def test_report_names_what_failed():
-    assert [passed for _, passed in _readings(outbound=5).checks()] == [True, True, False, True, True, True]
-    assert [passed for _, passed in _readings(peer="10.0.0.11").checks()][1] is False
+    assert [passed for _text, passed in _readings(outbound=5).checks()] == [True, True, False, True, True, True]
+    assert [passed for _text, passed in _readings(peer="10.0.0.11").checks()][1] is False
     assert "FAIL every call was answered" in _readings(answered_by="alpha").text()
 
 
