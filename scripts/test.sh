@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Run every test suite of the collection (as root, on Debian 12):
-#   unit, integration, sanity, lint, molecule, changelog.
+#   unit, integration, sanity, lint, molecule (the fleet, then each role alone), changelog.
 # All suites run even when one fails; a summary follows and the exit status is
 # non-zero if any suite failed. Extra arguments are passed to both pytest runs
 # (for example: ./scripts/test.sh -x).
@@ -65,17 +65,33 @@ run_suite unit pytest tests/unit "$@"
 run_suite integration pytest tests/integration tests/lab "$@"
 run_suite sanity ./scripts/sanity.sh
 run_suite lint ./scripts/lint.sh
-if [ -f extensions/molecule/fleet/molecule.yml ]; then
-    run_suite molecule env NO_COLOR=1 sh -c 'cd extensions && exec molecule test -s fleet'
+# Molecule: the collection's fleet scenario from the root, then each role's
+# one-host scenario from the role's directory, as a role's user runs it.
+molecule_suite() {  # molecule_suite NAME DIRECTORY [ARGS...]: `molecule test ARGS` in DIRECTORY
+    local name=$1 directory=$2
+    shift 2
+    # shellcheck disable=SC2016  # "$1" and "$@" are the inner shell's: its directory and molecule's arguments
+    run_suite "$name" env NO_COLOR=1 sh -c 'cd "$1" && shift && exec molecule test "$@"' sh "$directory" "$@"
+}
+if [ -f molecule/fleet/molecule.yml ]; then
+    molecule_suite molecule-fleet . -s fleet
 else
-    fail_suite molecule "extensions/molecule/fleet/molecule.yml does not exist"
+    fail_suite molecule-fleet "molecule/fleet/molecule.yml does not exist"
 fi
+for role in roles/*/; do
+    role=${role%/}
+    if [ -f "$role/molecule/default/molecule.yml" ]; then
+        molecule_suite "molecule-${role#roles/}" "$role"
+    else
+        fail_suite "molecule-${role#roles/}" "$role/molecule/default/molecule.yml does not exist"
+    fi
+done
 run_suite changelog antsibull-changelog lint
 
 echo
 echo "=== summary ==="
 for i in "${!names[@]}"; do
-    printf '%-12s %-10s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${durations[$i]}" "${notes[$i]}"
+    printf '%-26s %-10s %7s  %s\n' "${names[$i]}" "${results[$i]}" "${durations[$i]}" "${notes[$i]}"
 done
 if [ "$overall" -eq 0 ]; then
     echo "ALL SUITES PASSED"
