@@ -12,8 +12,8 @@ name: envoy_stats
 short_description: Parse the text of Envoy's admin /stats endpoint into counters
 version_added: 0.2.0
 description:
-  - Turns the plain-text output of Envoy's admin C(/stats) endpoint (C(name: value) lines) into a dictionary of
-    integer counters and gauges. Histogram lines (whose values are not integers) are left out.
+  - "Turns the plain-text output of Envoy's admin C(/stats) endpoint (one C(NAME: VALUE) line per stat) into a
+    dictionary of integer counters and gauges. Histogram lines (whose values are not integers) are left out."
   - The companion filter P(hostmesh.sidecar.envoy_stats_delta#filter) compares two readings.
 author:
   - hostmesh.sidecar contributors (@hostmesh)

@@ -82,6 +82,10 @@ class Problems:
     def add(self, option: str, value, reason: str) -> None:
         self.items.append((option, f"{option}={value!r}: {reason}"))
 
+    def note(self, option, message: str) -> None:
+        """A problem in the engine's own wording, which names the option itself (None: not about one option)."""
+        self.items.append((option, message))
+
     def parse(self, option: str, parser, value, *args, fallback=None):
         try:
             return parser(value, *args)

@@ -145,32 +145,27 @@ class NetClsSpec:
     group: int | None = None   # gid for the control files (made group-writable)
 
 
-def _refuse(problems: Problems, option, message: str) -> None:
-    """Record a problem in the module's own wording, which names the option (or none: a host problem)."""
-    problems.items.append((option, message))
-
-
 def _check_name(name, problems):
     if not isinstance(name, str) or not name:
-        _refuse(problems, "name", f"name={name!r} must be a non-empty cgroup name")
+        problems.note("name", f"name={name!r} must be a non-empty cgroup name")
         return
     if "/" in name or name in (".", ".."):
-        _refuse(problems, "name", f"name={name!r} must be a single cgroup directory name, without '/' and not "
-                                  f"'.' or '..'")
+        problems.note("name", f"name={name!r} must be a single cgroup directory name, without '/' and not "
+                      f"'.' or '..'")
     elif not NAME_RE.match(name):
-        _refuse(problems, "name", f"name={name!r} may only contain letters, digits and _ . @ : + - (at most 255)")
+        problems.note("name", f"name={name!r} may only contain letters, digits and _ . @ : + - (at most 255)")
     elif name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
-        _refuse(problems, "name", f"name={name!r} collides with the control files of a cgroup directory")
+        problems.note("name", f"name={name!r} collides with the control files of a cgroup directory")
 
 
 def _check_mountpoint(path, problems):
     if path is None:
         return
     if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "\0\n"):
-        _refuse(problems, "mountpoint", f"mountpoint={path!r} must be an absolute path")
+        problems.note("mountpoint", f"mountpoint={path!r} must be an absolute path")
     elif path == "/" or os.path.normpath(path) != path or "/../" in path + "/" or "/./" in path + "/":
-        _refuse(problems, "mountpoint", f"mountpoint={path!r} must be a normalised absolute path other than / "
-                                        f"(no '..', '.', '//' or trailing '/')")
+        problems.note("mountpoint", f"mountpoint={path!r} must be a normalised absolute path other than / "
+                      f"(no '..', '.', '//' or trailing '/')")
 
 
 def _resolve_id(option, value, lookup, problems):
@@ -180,7 +175,7 @@ def _resolve_id(option, value, lookup, problems):
     if text.isdigit():
         number = int(text)
         if number > MAX_ID:
-            _refuse(problems, option, f"{option}={value!r} is out of range (0 to {MAX_ID})")
+            problems.note(option, f"{option}={value!r} is out of range (0 to {MAX_ID})")
             return None
         return number
     try:
@@ -208,21 +203,21 @@ def validate_params(params: dict, user_id=_user_id, group_id=_group_id) -> NetCl
     try:
         classid = parse_classid(params.get("classid", DEFAULT_CLASSID))
     except ValueError as exc:
-        _refuse(problems, "classid", str(exc))
+        problems.note("classid", str(exc))
     mountpoint = params.get("mountpoint")
     _check_mountpoint(mountpoint, problems)
     state = params.get("state", "present")
     if state not in STATES:
-        _refuse(problems, "state", f"state={state!r} must be one of {', '.join(STATES)}")
+        problems.note("state", f"state={state!r} must be one of {', '.join(STATES)}")
     pids = params.get("pids") or []
     clean_pids = []
     for pid in pids:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            _refuse(problems, "pids", f"pids: {pid!r} is not a process id (a positive integer)")
+            problems.note("pids", f"pids: {pid!r} is not a process id (a positive integer)")
         elif pid not in clean_pids:
             clean_pids.append(pid)
     if pids and state == "absent":
-        _refuse(problems, "pids", f"pids={list(pids)!r} can only be moved in with state=present")
+        problems.note("pids", f"pids={list(pids)!r} can only be moved in with state=present")
     owner = _resolve_id("owner", params.get("owner"), user_id, problems)
     group = _resolve_id("group", params.get("group"), group_id, problems)
     problems.raise_if_any()
@@ -468,13 +463,13 @@ def _plan_mount(spec, view, problems, actions):
         return
     status = view.mountpoint_status
     if status == "not-empty":
-        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} is a non-empty directory; refusing to "
-                                        f"mount the net_cls hierarchy over it")
+        problems.note("mountpoint", f"mountpoint {view.mountpoint} is a non-empty directory; refusing to "
+                      f"mount the net_cls hierarchy over it")
     elif status == "not-directory":
-        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} exists and is not a directory")
+        problems.note("mountpoint", f"mountpoint {view.mountpoint} exists and is not a directory")
     elif status.startswith("mount:"):
-        _refuse(problems, "mountpoint", f"mountpoint {view.mountpoint} already holds a {status[6:]} mount that "
-                                        f"is not the net_cls hierarchy")
+        problems.note("mountpoint", f"mountpoint {view.mountpoint} already holds a {status[6:]} mount that "
+                      f"is not the net_cls hierarchy")
     if status == "missing":
         actions.append(("mkdirs", view.mountpoint, tuple(view.missing_dirs)))
     actions.append(("mount", tuple(view.mount_with), view.mountpoint))
@@ -502,18 +497,18 @@ def plan(spec: NetClsSpec, view: NetClsView) -> Plan:
     controller = view.controller
     if spec.state == "present":
         if controller is None:
-            _refuse(problems, None, "this kernel has no net_cls cgroup controller (CONFIG_CGROUP_NET_CLASSID)")
+            problems.note(None, "this kernel has no net_cls cgroup controller (CONFIG_CGROUP_NET_CLASSID)")
         elif not controller.enabled:
-            _refuse(problems, None, "the net_cls cgroup controller is disabled (cgroup_disable=net_cls on the "
-                                    "kernel command line?)")
+            problems.note(None, "the net_cls cgroup controller is disabled (cgroup_disable=net_cls on the "
+                          "kernel command line?)")
         for pid in spec.pids:
             info = view.pids.get(pid)
             if info is None or not info.exists:
-                _refuse(problems, "pids", f"pids: process {pid} does not exist")
+                problems.note("pids", f"pids: process {pid} does not exist")
             elif info.kernel_thread:
-                _refuse(problems, "pids", f"pids: {pid} ({info.name}) is a kernel thread and cannot be moved")
+                problems.note("pids", f"pids: {pid} ({info.name}) is a kernel thread and cannot be moved")
             elif info.tgid != pid:
-                _refuse(problems, "pids", f"pids: {pid} is a thread of process {info.tgid}; give the process id")
+                problems.note("pids", f"pids: {pid} is a thread of process {info.tgid}; give the process id")
         _plan_mount(spec, view, problems, actions)
         after = {"mountpoint": view.mountpoint, "mounted": True, "path": path, "cgroup": "present",
                  "classid": format_classid(spec.classid)}
@@ -533,8 +528,8 @@ def plan(spec: NetClsSpec, view: NetClsView) -> Plan:
         after = dict(before)
         if view.cgroup is not None:
             if view.cgroup.children:
-                _refuse(problems, "name", f"cgroup {path} has child cgroups ({', '.join(view.cgroup.children)}); "
-                                          f"remove them first")
+                problems.note("name", f"cgroup {path} has child cgroups ({', '.join(view.cgroup.children)}); "
+                              f"remove them first")
             # Processes still inside go back to the hierarchy root (class id 0,
             # as if they had never been moved): removing the cgroup must not
             # kill the proxy, and rmdir is refused while any task is inside.

@@ -76,27 +76,22 @@ class UserSpec:
     comment: str | None = None
 
 
-def _refuse(problems: Problems, option: str, message: str) -> None:
-    """Record a problem in the module's own wording, which names the option."""
-    problems.items.append((option, message))
-
-
 def _check_name(option, value, problems):
     if not isinstance(value, str) or not NAME_RE.match(value):
-        _refuse(problems, option,
-                f"{option}={value!r} is not a valid account name: use 1 to 32 characters of letters, digits, "
-                "'_', '.' and '-', starting with a letter or '_'")
+        problems.note(option,
+                      f"{option}={value!r} is not a valid account name: use 1 to 32 characters of letters, digits, "
+                      "'_', '.' and '-', starting with a letter or '_'")
 
 
 def _check_id(option, value, problems):
     if isinstance(value, bool) or not isinstance(value, int):
-        _refuse(problems, option, f"{option}={value!r} is not an integer")
+        problems.note(option, f"{option}={value!r} is not an integer")
     elif value == 0:
-        _refuse(problems, option, f"{option}=0 is root's: the proxy needs an unprivileged identity of its own")
+        problems.note(option, f"{option}=0 is root's: the proxy needs an unprivileged identity of its own")
     elif value < 1 or value > MAX_ID:
-        _refuse(problems, option, f"{option}={value} is out of range: use 1 to {MAX_ID}")
+        problems.note(option, f"{option}={value} is out of range: use 1 to {MAX_ID}")
     elif value in RESERVED_IDS:
-        _refuse(problems, option, f"{option}={value} is reserved ({RESERVED_IDS[value]})")
+        problems.note(option, f"{option}={value} is reserved ({RESERVED_IDS[value]})")
 
 
 def validate_params(params: dict) -> UserSpec:
@@ -114,11 +109,11 @@ def validate_params(params: dict) -> UserSpec:
     _check_id("gid", gid, problems)
     state = params.get("state", "present")
     if state not in STATES:
-        _refuse(problems, "state", f"state={state!r} must be one of {', '.join(STATES)}")
+        problems.note("state", f"state={state!r} must be one of {', '.join(STATES)}")
     comment = params.get("comment")
     if comment is not None and (not isinstance(comment, str) or any(c in comment for c in ":\n\r\0")):
-        _refuse(problems, "comment",
-                f"comment={comment!r} must be text without ':' or line breaks (it is a passwd field)")
+        problems.note("comment",
+                      f"comment={comment!r} must be text without ':' or line breaks (it is a passwd field)")
     problems.raise_if_any()
     return UserSpec(name=name, uid=uid, group=group, gid=gid, state=state,
                     allow_uid_change=bool(params.get("allow_uid_change", False)),
@@ -312,8 +307,8 @@ def _plan_group_present(spec, view, problems, taken, commands):
     if group.gid == spec.gid:
         return group
     if not spec.allow_gid_change:
-        _refuse(problems, "gid", f"group {spec.group!r} exists with GID {group.gid}, not gid={spec.gid}; set "
-                                 f"allow_gid_change=true to change its GID (files keep their old numeric group)")
+        problems.note("gid", f"group {spec.group!r} exists with GID {group.gid}, not gid={spec.gid}; set "
+                      f"allow_gid_change=true to change its GID (files keep their old numeric group)")
         return None
     if view.gid_owner is not None:
         taken.append(TakenId("gid", spec.gid, "group", view.gid_owner, spec.group))
@@ -341,14 +336,14 @@ def _plan_user_present(spec, view, problems, taken, commands):
     uid = user.uid
     if user.uid != spec.uid:
         if not spec.allow_uid_change:
-            _refuse(problems, "uid", f"user {spec.name!r} exists with UID {user.uid}, not uid={spec.uid}; set "
-                                     f"allow_uid_change=true to change its UID (files outside its home keep the "
-                                     f"old UID)")
+            problems.note("uid", f"user {spec.name!r} exists with UID {user.uid}, not uid={spec.uid}; set "
+                          f"allow_uid_change=true to change its UID (files outside its home keep the "
+                          f"old UID)")
         elif view.uid_owner is not None:
             taken.append(TakenId("uid", spec.uid, "user", view.uid_owner, spec.name))
         elif view.processes:
-            _refuse(problems, "uid", f"cannot change the UID of user {spec.name!r} while processes run as it: "
-                                     f"{_describe_processes(view.processes)}")
+            problems.note("uid", f"cannot change the UID of user {spec.name!r} while processes run as it: "
+                          f"{_describe_processes(view.processes)}")
         else:
             options += ["--uid", str(spec.uid)]
             uid = spec.uid
@@ -389,15 +384,15 @@ def plan(spec: UserSpec, view: AccountsView) -> Plan:
     else:
         if view.user is not None:
             if view.processes:
-                _refuse(problems, "name", f"refusing to remove user {spec.name!r} (UID {view.user.uid}) while "
-                                          f"processes run as it: {_describe_processes(view.processes)}; stop them "
-                                          f"first")
+                problems.note("name", f"refusing to remove user {spec.name!r} (UID {view.user.uid}) while "
+                              f"processes run as it: {_describe_processes(view.processes)}; stop them "
+                              f"first")
             else:
                 commands.append(["userdel", spec.name])
         if view.group is not None:
             if view.primary_group_users:
-                _refuse(problems, "group", f"refusing to remove group {spec.group!r} (GID {view.group.gid}): it is "
-                                           f"the primary group of user(s) {', '.join(view.primary_group_users)}")
+                problems.note("group", f"refusing to remove group {spec.group!r} (GID {view.group.gid}): it is "
+                              f"the primary group of user(s) {', '.join(view.primary_group_users)}")
             else:
                 commands.append(["groupdel", spec.group])
         after = {"user": user_state(spec.name, None), "group": group_state(spec.group, None)}

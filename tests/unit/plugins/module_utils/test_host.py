@@ -51,7 +51,7 @@ def test_problems_collects_every_option():
     with pytest.raises(_host.HostmeshError) as caught:
         problems.raise_if_any()
     assert caught.value.option == "a"
-    assert [option for option, _ in caught.value.problems] == ["a", "c"]
+    assert [problem[0] for problem in caught.value.problems] == ["a", "c"]
     assert str(caught.value).startswith("a='x': must be an integer")
     assert "c=9: is odd" in str(caught.value)
     assert caught.value.fail_json_args()["option"] == "a"
