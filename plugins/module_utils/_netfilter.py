@@ -34,8 +34,11 @@ import ipaddress
 import json
 import os
 import re
+import errno
 import shlex
 import shutil
+import socket
+import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field, make_dataclass
 
@@ -742,6 +745,212 @@ def variant_of_version(text: str):
 
 
 # ---------------------------------------------------------------------------
+# Deleting a created nftables table over nfnetlink (no nft binary needed)
+# ---------------------------------------------------------------------------
+# From the kernel's uapi headers: linux/netlink.h, linux/netfilter.h,
+# linux/netfilter/nfnetlink.h and linux/netfilter/nf_tables.h.
+NETLINK_NETFILTER = 12
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLM_F_REQUEST = 0x01
+NLM_F_ACK = 0x04
+NLM_F_DUMP = 0x300          # NLM_F_ROOT | NLM_F_MATCH
+# A DELETE modifier: refuse (EBUSY) instead of deleting the rules of a chain
+# or the chains of a table along with it. Without it the kernel would take
+# another tool's rules away with the chain.
+NLM_F_NONREC = 0x100
+NFNETLINK_V0 = 0
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10  # NLMSG_MIN_TYPE
+NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_DELTABLE = 2
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_GETCHAIN = 4
+NFT_MSG_DELCHAIN = 5
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE = 1
+NFTA_CHAIN_NAME = 3
+NLA_TYPE_MASK = 0x3FFF       # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NFPROTO = {"ipv4": 2, "ipv6": 10}  # NFPROTO_IPV4, NFPROTO_IPV6
+NFPROTO_NAME = {NFPROTO[family]: NFT_FAMILY[family] for family in FAMILIES}  # 2: "ip", 10: "ip6"
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host byte order)
+NFGENMSG = struct.Struct("!BBH")    # family, version, res_id (big endian)
+NLATTR = struct.Struct("=HH")       # len, type
+NLMSGERR = struct.Struct("=i")      # error (-errno, 0 for an ACK), then the offending header
+NETLINK_TIMEOUT = 5.0
+NETLINK_BUFFER = 1 << 17
+
+
+def nl_align(length: int) -> int:
+    """NLMSG_ALIGN / NLA_ALIGN: round up to 4 bytes."""
+    return (length + 3) & ~3
+
+
+def nl_attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute; its length excludes the padding to 4 bytes."""
+    length = NLATTR.size + len(payload)
+    return NLATTR.pack(length, kind) + payload + b"\0" * (nl_align(length) - length)
+
+
+def nl_string(kind: int, text: str) -> bytes:
+    """An NLA_STRING attribute, NUL-terminated as nft sends it."""
+    return nl_attr(kind, text.encode("ascii") + b"\0")
+
+
+def nfnl_message(msg_type: int, flags: int, seq: int, family: int, res_id: int = 0, attrs: bytes = b"") -> bytes:
+    """One netlink message: nlmsghdr, nfgenmsg, attributes."""
+    body = NFGENMSG.pack(family, NFNETLINK_V0, res_id) + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def nft_type(message: int) -> int:
+    return (NFNL_SUBSYS_NFTABLES << 8) | message
+
+
+def chain_dump_request(nfproto: int, seq: int) -> bytes:
+    """Ask for every chain of one family (NFT_MSG_GETCHAIN, dump)."""
+    return nfnl_message(nft_type(NFT_MSG_GETCHAIN), NLM_F_REQUEST | NLM_F_DUMP, seq, nfproto)
+
+
+def table_deletion_batch(nfproto: int, table: str, chains, seq: int) -> tuple:
+    """(bytes, seqs to be answered) of ONE nfnetlink transaction deleting ``chains`` then ``table``.
+
+    Every delete carries NLM_F_NONREC, so the kernel refuses (EBUSY) a chain
+    that still holds a rule and a table that still holds another chain, set
+    or object; one refusal aborts the whole batch and nothing is deleted.
+    Each delete asks for an ACK; the batch begin and end do not (the kernel
+    never acknowledges an end, and nft sends them the same way).
+    """
+    deletes = [(NFT_MSG_DELCHAIN, nl_string(NFTA_CHAIN_TABLE, table) + nl_string(NFTA_CHAIN_NAME, name))
+               for name in chains]
+    deletes.append((NFT_MSG_DELTABLE, nl_string(NFTA_TABLE_NAME, table)))
+    parts = [nfnl_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES)]
+    acked = []
+    for offset, (message, attrs) in enumerate(deletes, start=1):
+        acked.append(seq + offset)
+        parts.append(nfnl_message(nft_type(message), NLM_F_REQUEST | NLM_F_ACK | NLM_F_NONREC, seq + offset,
+                                  nfproto, attrs=attrs))
+    parts.append(nfnl_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + len(deletes) + 1, socket.AF_UNSPEC,
+                              NFNL_SUBSYS_NFTABLES))
+    return b"".join(parts), acked
+
+
+def nl_messages(data: bytes):
+    """(type, flags, seq, payload) of each netlink message in a datagram."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, msg_type, flags, seq, dummy = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            raise HostmeshError(f"malformed netlink message from the kernel (length {length})")
+        yield msg_type, flags, seq, data[offset + NLMSGHDR.size:offset + length]
+        offset += nl_align(length)
+
+
+def nl_attrs(payload: bytes) -> dict:
+    """{type: payload} of the attributes after an nfgenmsg."""
+    attrs = {}
+    offset = NFGENMSG.size
+    while offset + NLATTR.size <= len(payload):
+        length, kind = NLATTR.unpack_from(payload, offset)
+        if length < NLATTR.size:
+            break
+        attrs[kind & NLA_TYPE_MASK] = payload[offset + NLATTR.size:offset + length]
+        offset += nl_align(length)
+    return attrs
+
+
+def parse_chain_dump(data: bytes) -> tuple:
+    """([(table, chain)], finished, {seq: errno}) from one datagram of a chain dump."""
+    chains, finished, errors = [], False, {}
+    for msg_type, dummy, seq, payload in nl_messages(data):
+        if msg_type == nft_type(NFT_MSG_NEWCHAIN):
+            attrs = nl_attrs(payload)
+            if NFTA_CHAIN_TABLE in attrs and NFTA_CHAIN_NAME in attrs:
+                chains.append((attrs[NFTA_CHAIN_TABLE].rstrip(b"\0").decode("ascii", "replace"),
+                               attrs[NFTA_CHAIN_NAME].rstrip(b"\0").decode("ascii", "replace")))
+        elif msg_type == NLMSG_DONE:
+            finished = True
+        elif msg_type == NLMSG_ERROR:
+            # A refused dump (no ACK was asked for, so never a 0).
+            errors[seq] = -NLMSGERR.unpack_from(payload)[0] if len(payload) >= NLMSGERR.size else errno.EIO
+            finished = True
+    return chains, finished, errors
+
+
+def parse_acks(data: bytes) -> dict:
+    """{seq: errno} of the NLMSG_ERROR messages in a datagram (0 for an ACK).
+
+    The seq is the one of the request answered, read from the echoed header.
+    """
+    answers = {}
+    for msg_type, dummy, seq, payload in nl_messages(data):
+        if msg_type != NLMSG_ERROR:
+            continue
+        if len(payload) < NLMSGERR.size + NLMSGHDR.size:
+            raise HostmeshError("malformed netlink error message from the kernel")
+        error = NLMSGERR.unpack_from(payload)[0]
+        answered = NLMSGHDR.unpack_from(payload, NLMSGERR.size)[3]
+        answers[answered] = -error
+    return answers
+
+
+def deletion_outcome(answers: dict, nfproto: int, table: str):
+    """None when the batch deleted the table; else why it was left (nothing was
+    deleted: the batch is one transaction). Errors that are not about the
+    table's contents raise HostmeshError."""
+    failed = sorted({code for code in answers.values() if code})
+    if not failed:
+        return None
+    if errno.EBUSY in failed:
+        return "it is in use (a rule, chain, set or object of someone else's is in it now); nothing was deleted"
+    if errno.ENOENT in failed:
+        return "it changed meanwhile (a chain or the table itself is gone); nothing was deleted"
+    name = f"{NFPROTO_NAME.get(nfproto, nfproto)} {table}"
+    reasons = "; ".join(f"{errno.errorcode.get(code, code)}: {os.strerror(code)}" for code in failed)
+    if errno.EPERM in failed:
+        reasons += " (deleting an nftables table needs CAP_NET_ADMIN: run as root)"
+    raise HostmeshError(f"deleting the nftables table {name} failed: {reasons}", errno=failed)
+
+
+def delete_nft_table_over_netlink(nfproto: int, table: str):
+    """Delete a table's built-in chains and the table in one nfnetlink batch.
+
+    The side effect behind ``Netfilter.delete_table``: list the family's chains,
+    send ``table_deletion_batch``, read every answer. Returns None when deleted,
+    else why it was left (see deletion_outcome).
+    """
+    name = f"{NFPROTO_NAME.get(nfproto, nfproto)} {table}"
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError as exc:
+        raise HostmeshError(f"cannot delete the nftables table {name}: no nfnetlink socket ({exc})") from None
+    try:
+        with sock:
+            sock.settimeout(NETLINK_TIMEOUT)
+            sock.bind((0, 0))
+            sock.send(chain_dump_request(nfproto, seq=1))
+            chains, finished, errors = [], False, {}
+            while not finished:
+                more, finished, failed = parse_chain_dump(sock.recv(NETLINK_BUFFER))
+                chains += more
+                errors.update(failed)
+            if any(errors.values()):
+                return deletion_outcome(errors, nfproto, table)
+            builtin = [chain for owner, chain in chains if owner == table and chain in BUILTIN_CHAINS]
+            batch, acked = table_deletion_batch(nfproto, table, builtin, seq=2)
+            sock.send(batch)
+            answers = {}
+            while not set(acked) <= set(answers):
+                answers.update(parse_acks(sock.recv(NETLINK_BUFFER)))
+    except socket.timeout:
+        raise HostmeshError(f"deleting the nftables table {name}: no answer from the kernel within "
+                            f"{NETLINK_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise HostmeshError(f"deleting the nftables table {name} failed: {exc}") from None
+    return deletion_outcome(answers, nfproto, table)
+
+
+# ---------------------------------------------------------------------------
 # Side effects: binaries, variant detection, read, apply
 # ---------------------------------------------------------------------------
 
@@ -795,12 +1004,15 @@ class Variant:
 
 
 class Netfilter:
-    """Reads and writes one family's nat table through iptables-save/-restore."""
+    """Reads and writes one family's nat table through iptables-save/-restore; deletes a
+    created nft table over nfnetlink (``table_deleter``, injectable for tests)."""
 
-    def __init__(self, config, runner=run_command, warn=None):
+    def __init__(self, config, runner=run_command, warn=None, table_deleter=None):
         self.config = config
         self.run = runner
         self.warn = warn or (lambda message: None)
+        # (nfproto, table) -> None when deleted, else why it was left; see delete_nft_table_over_netlink.
+        self.delete_table = table_deleter or delete_nft_table_over_netlink
 
     # -- binaries ---------------------------------------------------------
     def variants(self, family: str) -> dict:
@@ -900,13 +1112,12 @@ class Netfilter:
             raise HostmeshError(f"{variant.restore} --noflush failed (rc={rc}): {err.strip()}",
                                 cmd=" ".join(argv), rc=rc, stdout=out, stderr=err, restore_input=block)
 
-    def delete_nft_table(self, family: str) -> None:
-        """Delete the nft nat table of a family (the caller checked it is empty)."""
-        argv = [find_binary("nft"), "delete", "table", NFT_FAMILY[family], TABLE]
-        rc, out, err = self.run(argv)
-        if rc != 0:
-            raise HostmeshError(f"nft delete table {NFT_FAMILY[family]} {TABLE} failed (rc={rc}): {err.strip()}",
-                                cmd=" ".join(argv), rc=rc, stdout=out, stderr=err)
+    def delete_nft_table(self, family: str):
+        """Delete the nft nat table of a family (the caller checked it is empty).
+
+        Returns None when it is gone, or why it was left (in use: nothing was deleted).
+        """
+        return self.delete_table(NFPROTO[family], TABLE)
 
 
 def cgroup2_root():
@@ -1031,10 +1242,6 @@ class RedirectManager:
             elif recorded.get(family) == "nft" and "nft" in dumps:
                 nft_dump = dumps["nft"][1]
                 result.drop_table = left_empty(nft_dump, owned_view(nft_dump, self.config))
-                if result.drop_table and not find_binary("nft"):
-                    result.drop_table = False
-                    self.warn(f"{family}: the nat table hostmesh created in nftables is left (empty): "
-                              "the nft command is not installed")
             self.results.append(result)
         return self.results
 
@@ -1064,10 +1271,15 @@ class RedirectManager:
             if result.drop_table:
                 # Read again right before deleting: only a table that is still
                 # empty goes, never one somebody has put a rule in meanwhile.
-                if left_empty(self.netfilter.read(variants["nft"], result.family)[1], Ruleset()):
-                    self.netfilter.delete_nft_table(result.family)
+                # The kernel checks again inside the deleting transaction (see
+                # table_deletion_batch), so a rule added after this read keeps it too.
+                if not left_empty(self.netfilter.read(variants["nft"], result.family)[1], Ruleset()):
+                    left = "it holds other rules now"
                 else:
-                    self.warn(f"{result.family}: the nat table hostmesh created is kept: it holds other rules now")
+                    left = self.netfilter.delete_nft_table(result.family)
+                if left:
+                    result.drop_table = False
+                    self.warn(f"{result.family}: the nat table hostmesh created is kept: {left}")
 
     # -- rules file -----------------------------------------------------------
     def _read_rules_file(self) -> str:

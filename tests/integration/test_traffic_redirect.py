@@ -326,50 +326,127 @@ def nft_tables(ns):
     return ns.run(["nft", "list", "tables"]).stdout.splitlines()
 
 
+class WithoutNft:
+    """A network namespace whose commands find no working nft binary: /dev/null
+    is bound over it in a private mount namespace, as on a host without the
+    nftables package. Passed as ``netns`` to run_playbook."""
+
+    def __init__(self, netns):
+        self.netns = netns
+        self.nft = pathlib.Path(shutil.which("nft") or "/usr/sbin/nft").resolve()
+
+    def command(self, argv):
+        script = 'mount --bind /dev/null "$1" && shift && exec "$@"'
+        return self.netns.command(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+                                   str(self.nft)] + [str(arg) for arg in argv])
+
+    def run(self, argv, check=True):
+        return subprocess.run(self.command(argv), check=check, capture_output=True, text=True, timeout=60)
+
+
+def test_without_nft_hides_the_nft_binary(netns):
+    assert WithoutNft(netns).run(["sh", "-c", "nft list tables"], check=False).returncode != 0
+    assert netns.run(["nft", "list", "tables"]).returncode == 0
+
+
 def test_absent_deletes_the_nat_tables_the_apply_created(netns, tmp_path):
+    """Without an nft binary: the tables are deleted over nfnetlink."""
+    no_nft = WithoutNft(netns)
     redirect_cli = install_redirect_cli(tmp_path / "lib")
     rules_file = tmp_path / "etc" / "redirect.json"
     ipv6_up(netns)
     assert not [t for t in nft_tables(netns) if t.endswith(" nat")]
-    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=no_nft)
     assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
     assert {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns))
     document = rules_file.read_text()
     assert json.loads(document)["created_tables"] == {"ipv4": "nft", "ipv6": "nft"}
     # Remembered across later applies, when the tables exist already.
-    again = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    again = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=no_nft)
     assert again.rc == 0 and not again.task("apply")["changed"] and rules_file.read_text() == document
     # A proxy stop (the boot unit's remove) takes the rules away but keeps the tables.
     assert netns.run([PYTHON, str(redirect_cli), "remove", "--config", str(rules_file)]).returncode == 0
     assert owned(netns, "nft").is_empty() and {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns))
     check = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))],
-                         netns=netns, check=True)
+                         netns=no_nft, check=True)
     assert check.rc == 0 and check.task("remove")["changed"], check.output
     assert {"table ip nat", "table ip6 nat"} <= set(nft_tables(netns)) and rules_file.exists()
     gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))],
-                        netns=netns, diff=True)
+                        netns=no_nft, diff=True)
     assert gone.rc == 0 and gone.task("remove")["changed"], gone.output
     assert gone.task("remove")["tables_removed"] == {"ipv4": "nft", "ipv6": "nft"}
     assert not [t for t in nft_tables(netns) if t.endswith(" nat")]
     assert not rules_file.exists()
-    nothing = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=netns)
+    nothing = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=no_nft)
     assert nothing.rc == 0 and not nothing.task("remove")["changed"]
 
 
 def test_absent_keeps_a_created_table_that_holds_someone_elses_rules(netns, tmp_path):
+    no_nft = WithoutNft(netns)
     rules_file = tmp_path / "redirect.json"
     ipv6_up(netns)
-    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=netns)
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file))], netns=no_nft)
     assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
     # Another tool adds its rules to the IPv4 nat table hostmesh created.
     restore(netns, "nft", FOREIGN_V4)
     foreign_v4 = foreign(netns, "nft")
-    gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=netns)
+    gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file))], netns=no_nft)
     assert gone.rc == 0 and gone.task("remove")["changed"], gone.output
     assert gone.task("remove")["tables_removed"] == {"ipv6": "nft"}
     assert "table ip nat" in nft_tables(netns) and "table ip6 nat" not in nft_tables(netns)
     assert owned(netns, "nft").is_empty()
     assert foreign(netns, "nft") == foreign_v4
+
+
+def nft_table_text(ns, family):
+    return ns.run(["nft", "list", "table", nf.NFT_FAMILY[family], "nat"]).stdout
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("foreign_object", ["rule in a built-in chain", "empty chain"])
+def test_the_kernel_keeps_a_table_that_gained_something_before_the_delete(netns, tmp_path, family, foreign_object):
+    """The race the read before deleting cannot close: another tool adds to a
+    created table after that read. The nfnetlink batch itself is refused
+    (NLM_F_NONREC: EBUSY) and, being one transaction, deletes nothing: the
+    table, all its chains and that tool's rule stay byte for byte."""
+    lib = tmp_path / "lib"
+    install_redirect_cli(lib)
+    ipv6_up(netns)
+    apply = run_playbook([redirect_task("apply", "nft", ip_families=[family])], netns=netns)
+    assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
+    remove = run_playbook([redirect_task("remove", "nft", state="absent", ip_families=[family])], netns=netns)
+    assert remove.rc == 0 and owned(netns, "nft", family).is_empty(), remove.output
+    if foreign_object == "empty chain":
+        restore(netns, "nft", "*nat\n:OTHER_TOOL - [0:0]\nCOMMIT\n", family)
+        mark = "chain OTHER_TOOL"
+    else:
+        mark = "192.0.2.9" if family == "ipv4" else "2001:db8::9"
+        restore(netns, "nft", f"*nat\n-A POSTROUTING -d {mark} -p tcp -m comment --comment \"other tool\" "
+                              "-j RETURN\nCOMMIT\n", family)
+    before, foreign_before = nft_table_text(netns, family), foreign(netns, "nft", family)
+    assert mark in before
+    code = (f"import sys; sys.path.insert(0, {str(lib)!r}); import hostmesh_netfilter as nf; "
+            f"print(nf.delete_nft_table_over_netlink(nf.NFPROTO[{family!r}], 'nat'))")
+    deleted = WithoutNft(netns).run([PYTHON, "-c", code])
+    assert deleted.stdout.startswith("it is in use"), deleted
+    assert nft_table_text(netns, family) == before
+    assert foreign(netns, "nft", family) == foreign_before
+
+
+def test_absent_deletes_a_created_table_with_every_builtin_chain(netns, tmp_path):
+    """A created table whose four built-in chains all exist (iptables-nft makes
+    only the chains it needs): each goes in the one batch, and the table with them."""
+    rules_file = tmp_path / "redirect.json"
+    apply = run_playbook([redirect_task("apply", "nft", rules_file=str(rules_file), ip_families=["ipv4"])],
+                         netns=netns)
+    assert apply.rc == 0 and apply.task("apply")["changed"], apply.output
+    for chain in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"):
+        netns.run(["iptables-nft", "-t", "nat", "-P", chain, "ACCEPT"])
+    assert nft_table_text(netns, "ipv4").count("type nat hook") == 4
+    gone = run_playbook([redirect_task("remove", "nft", state="absent", rules_file=str(rules_file),
+                                       ip_families=["ipv4"])], netns=WithoutNft(netns))
+    assert gone.rc == 0 and gone.task("remove")["tables_removed"] == {"ipv4": "nft"}, gone.output
+    assert "table ip nat" not in nft_tables(netns)
 
 
 def test_ipv6_disabled_is_skipped_with_a_warning(netns):
