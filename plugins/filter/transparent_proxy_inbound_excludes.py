@@ -83,7 +83,5 @@ def _truthy(value) -> bool:
 
 class FilterModule:
     def filters(self):
-        return {
-            "transparent_proxy_inbound_excludes": inbound_excludes,
-            "transparent_proxy_guard_needed": guard_needed,
-        }
+        # transparent_proxy_guard_needed is registered by transparent_proxy_guard_needed.py (its own documentation).
+        return {"transparent_proxy_inbound_excludes": inbound_excludes}

@@ -3,6 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Unit tests of the Envoy /stats filters."""
 
+from ansible_collections.hostmesh.sidecar.plugins.filter.envoy_stats_delta import FilterModule as DeltaFilterModule
 from ansible_collections.hostmesh.sidecar.plugins.filter.envoy_stats import (
     FilterModule,
     envoy_stats_delta,
@@ -35,4 +36,6 @@ def test_delta_of_one_stat_and_of_all():
 
 
 def test_filters_are_registered():
-    assert set(FilterModule().filters()) == {"envoy_stats", "envoy_stats_delta"}
+    # One filter per file, so ansible-doc shows each filter's own documentation.
+    assert FilterModule().filters() == {"envoy_stats": parse_envoy_stats}
+    assert DeltaFilterModule().filters() == {"envoy_stats_delta": envoy_stats_delta}

@@ -3,6 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Unit tests of the transparent_proxy role's decisions (filters)."""
 
+from ansible_collections.hostmesh.sidecar.plugins.filter.transparent_proxy_guard_needed import FilterModule as GuardFilterModule
 from ansible_collections.hostmesh.sidecar.plugins.filter.transparent_proxy_inbound_excludes import (
     FilterModule,
     guard_needed,
@@ -50,6 +51,6 @@ def test_guard_off_in_check_mode_or_without_the_connectivity_check():
 
 
 def test_filter_names():
-    filters = FilterModule().filters()
-    assert filters["transparent_proxy_inbound_excludes"] is inbound_excludes
-    assert filters["transparent_proxy_guard_needed"] is guard_needed
+    # One filter per file, so ansible-doc shows each filter's own documentation.
+    assert FilterModule().filters() == {"transparent_proxy_inbound_excludes": inbound_excludes}
+    assert GuardFilterModule().filters() == {"transparent_proxy_guard_needed": guard_needed}
