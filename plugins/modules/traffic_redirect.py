@@ -263,6 +263,9 @@ tables_removed:
   description:
     - Per IP family, the variant whose C(nat) table was deleted by O(state=absent) because an earlier apply had
       created it (recorded in O(rules_file)) and it held nothing else any more. Only V(nft) tables can be deleted.
+    - The deletion talks nfnetlink directly (no C(nft) command is needed) as one transaction that the kernel refuses
+      when anything is in the table; a table another tool added anything to meanwhile is kept, with a warning, and
+      not listed here.
   returned: always
   type: dict
   sample: {"ipv6": "nft"}
