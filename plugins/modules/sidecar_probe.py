@@ -22,9 +22,10 @@ description:
   - The action plugin of the same name (used by the site playbook) renders the roles' templates on the controller, runs this
     module once and compares its result with the rendered files; see the collection's C(docs/probe.md).
 author:
-  - hostmesh.sidecar contributors
+  - hostmesh.sidecar contributors (@hostmesh)
 extends_documentation_fragment:
   - hostmesh.sidecar._attributes
+  - hostmesh.sidecar._attributes.LINUX
 attributes:
   check_mode:
     support: full
@@ -103,7 +104,7 @@ options:
     description: Path of the hot-restart supervisor's state file (JSON), returned parsed.
     type: path
 notes:
-  - RV(changed) is always false.
+  - C(changed) is always false.
 seealso:
   - module: hostmesh.sidecar.traffic_redirect
   - module: hostmesh.sidecar.net_cls
