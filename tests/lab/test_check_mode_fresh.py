@@ -189,8 +189,8 @@ def fleet(tmp_path_factory):
         (inventory / "group_vars" / "all.yml").write_text(GROUP_VARS, encoding="utf-8")
         for host, bypass in BYPASS.items():
             if bypass != "uid":
-                (inventory / "host_vars" / f"{host}.yml").write_text(f"hostmesh_bypass: {bypass}\n",
-                                                                    encoding="utf-8")
+                host_vars = inventory / "host_vars" / f"{host}.yml"
+                host_vars.write_text(f"hostmesh_bypass: {bypass}\n", encoding="utf-8")
         yield inventory
     finally:
         lab_tool.down(LAB)
