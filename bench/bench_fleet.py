@@ -72,6 +72,8 @@ TARGET_RATIO = 1.5
 TARGET_SSH_EXECS = 2
 # "Flat as N grows": the script's reading of it, the largest N's ratio at most this much above the smallest N's
 FLAT_TOLERANCE = 1.25
+# The default callback's line for an include: which hosts went through the converge tasks
+CONVERGE_INCLUDED = re.compile(r"^included: \S*/tasks/converge\.yml for (.+)$", re.MULTILINE)
 RECAP_LINE = re.compile(r"^(\S+)\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 SSH_LOG_ENV = "HOSTMESH_BENCH_SSH_LOG"
 CONTROL_DIRS = "cp"  # controller/cp/<alias>/: one ControlPath directory per alias
@@ -294,9 +296,11 @@ def run_playbook(controller: pathlib.Path, env: dict, playbook: pathlib.Path, la
     load = os.getloadavg()[0]
     execs = count_ssh_execs(ssh_log, hosts) if inventory is not None else {}
     exec_note = f"  SSH execs/host {min(execs.values())}-{max(execs.values())}" if execs else ""
+    converging = {host.strip() for match in CONVERGE_INCLUDED.finditer(output) for host in match.group(1).split(",")}
+    converge_note = f"  converge.yml on {len(converging)} hosts" if playbook.name == "site.yml" else ""
     print(f"  {label:<24} {seconds:6.1f}s  controller CPU {cpu:5.1f}s  changed={sum(r['changed'] for r in recap.values())}"
-          f"{exec_note}  load {load:.1f}", flush=True)
-    return {"seconds": seconds, "cpu": cpu, "recap": recap, "execs": execs, "load": load}
+          f"{exec_note}{converge_note}  load {load:.1f}", flush=True)
+    return {"seconds": seconds, "cpu": cpu, "recap": recap, "execs": execs, "load": load, "converging": converging}
 
 
 def table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> None:
@@ -422,6 +426,7 @@ def sweep_row(count: int, ping_runs: list[dict], site_runs: list[dict]) -> dict:
         "ping_execs": median(max(run["execs"].values()) for run in ping_runs),
         "ping_cpu": median(run["cpu"] for run in ping_runs), "site_cpu": median(run["cpu"] for run in site_runs),
         "load": (min(run["load"] for run in ping_runs + site_runs), max(run["load"] for run in ping_runs + site_runs)),
+        "converging": sum(len(run["converging"]) for run in site_runs), "host_runs": count * len(site_runs),
     }
 
 
@@ -453,6 +458,10 @@ def print_sweep(rows: list[dict], header: str) -> bool:
               f" <= {FLAT_TOLERANCE}): {growth:.2f}, {'met' if flat_met else 'MISSED'}")
     print(f"- at most {TARGET_SSH_EXECS} SSH execs per host on a no-op (the busiest host, median over runs):"
           f" {'met' if execs_met else 'MISSED'}")
+    # Before the probe every host goes through converge.yml; after it, none on a converged fleet
+    through = sum(row["converging"] for row in rows)
+    print(f"- hosts that went through tasks/converge.yml in the timed site.yml runs: {through} of"
+          f" {sum(row['host_runs'] for row in rows)} host runs")
     return ratio_met and execs_met and (flat_met or len(rows) == 1)
 
 
@@ -495,8 +504,10 @@ def bench(args: argparse.Namespace) -> int:
     workload = run_playbook(controller, env, playbooks / "demo_workload.yml", "converge-workload", HOSTS)
     converge = run_playbook(controller, env, playbooks / "site.yml", "converge-site", HOSTS)
 
-    head = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"],
-                          capture_output=True, text=True, check=False).stdout.strip()
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h"],
+                          capture_output=True, text=True, check=False).stdout.strip() or "no git"
+    probe = "with" if (REPO_ROOT / "plugins" / "action" / "sidecar_probe.py").exists() else "without"
+    head = f"{head}, {probe} the probe"
     print(f"Sweep over {', '.join(map(str, args.hosts))} hosts: {args.runs} ping and {args.runs} no-op site.yml runs"
           f" each, alternating, forks {args.forks}, SSH masters {args.masters}", flush=True)
     points, rows = [], []
@@ -506,7 +517,7 @@ def bench(args: argparse.Namespace) -> int:
             rows.append(points[-1]["row"])
     finally:
         if rows:  # what was measured is worth printing also when a later N failed
-            met = print_sweep(rows, f"Fleet benchmark ({time.strftime('%Y-%m-%d')}, {head[:60]}): {len(HOSTS)} lab hosts"
+            met = print_sweep(rows, f"Fleet benchmark ({time.strftime('%Y-%m-%d')}, {head}): {len(HOSTS)} lab hosts"
                                     f" x aliases, ansible-core {ansible_version()}, pipelining on, forks {args.forks},"
                                     f" SSH masters {args.masters}, {os.cpu_count()} CPUs; {args.runs} runs of each,"
                                     f" alternating; lab boot {boot_seconds:.1f}s, first converge: workload"
