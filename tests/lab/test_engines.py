@@ -229,7 +229,8 @@ def test_job_slices_then_a_fresh_node_converge_the_same_fleet(fleet, tarball, tm
             workload = run_job(slices[host], "workload.yml", "workload")
             assert_job(workload, [host], changed="some")
             results[host] = run_job(slices[host], "site.yml", "site")
-        except BaseException as exc:  # pylint: disable=broad-exception-caught  (re-raised below)
+        # Re-raised in the main thread below.
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
             errors.append(exc)
 
     threads = [threading.Thread(target=run_slice, args=(host,)) for host in HOSTS]

@@ -165,8 +165,8 @@ def test_context_holds_the_collection_tarball_it_installs(build, ee_definition):
     with tarfile.open(in_context) as archive:
         manifest = json.load(archive.extractfile("MANIFEST.json"))
     info = manifest["collection_info"]
-    assert (info["namespace"], info["name"], info["version"]) == (galaxy["namespace"], galaxy["name"],
-                                                                 galaxy["version"])
+    wanted = (galaxy["namespace"], galaxy["name"], galaxy["version"])
+    assert (info["namespace"], info["name"], info["version"]) == wanted
 
 
 def test_tarball_carries_the_ee_metadata_not_the_checkout_build_file(build, collection_ee):
