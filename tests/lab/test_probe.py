@@ -9,7 +9,8 @@ probe's "converged" matches a forced full converge with changed=0, both ways.
 
 One lab of two hosts for the whole module: alpha (bypass uid) and bravo (bypass net_cls), with the
 Envoy binary of this checkout (install method file, as molecule/fleet). All drift kinds are made at
-once (five per host), so the expensive runs happen once each."""
+once (five per host, the removed proxy user after the check run), so the expensive runs happen
+once each."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ CONVERGE_INCLUDE = "Converge the host (only where the probe found drift, or host
 ROLE_TASK_PREFIXES = ("hostmesh.sidecar.transparent_proxy : ", "hostmesh.sidecar.envoy_sidecar : ")
 # The probe entry points' own tasks (argument spec check and set_fact, controller only) are not converge tasks.
 PROBE_ENTRY_TASKS = ("Describe what the role manages (for hostmesh.sidecar.sidecar_probe)",
-                     "Validating arguments against arg spec probe")
+                     "Validating arguments against arg spec 'probe'")
 
 # (host, shell command making the drift, drift message the probe must report)
 DRIFTS = [
@@ -61,8 +62,11 @@ DRIFTS = [
     ("bravo", "systemctl stop hostmesh-envoy.service", "unit hostmesh-envoy.service: inactive (want active)"),
     ("bravo", "rmdir /run/hostmesh/cgroup/net_cls/hostmesh-proxy",
      "cgroup /run/hostmesh/cgroup/net_cls/hostmesh-proxy: missing"),
-    ("bravo", "userdel hostmesh-proxy", "user hostmesh-proxy: missing"),
 ]
+# Made after the --check --diff run: check mode cannot preview it (the converge's file tasks fail to
+# look up the deleted group of /etc/hostmesh/envoy in check mode, a limitation of check mode, not of
+# the probe); the real run that repairs it shows the probe's item.
+USER_DRIFT = ("bravo", "userdel hostmesh-proxy", "user hostmesh-proxy: missing")
 
 
 def run_site(inventory: Path, *args, playbook: str = "playbooks/site.yml", timeout: int = 600):
@@ -130,7 +134,9 @@ def fleet(lab_timings):
         (inventory / "hosts.yml").symlink_to(state["inventory"])
         (inventory / "group_vars" / "all.yml").write_text(
             f"envoy_sidecar_install_method: file\nenvoy_sidecar_src: {ENVOY}\nenvoy_sidecar_version: 1.40.0\n"
-            "hostmesh_workload_ports: [{port: 8080}]\n", encoding="utf-8")
+            "hostmesh_workload_ports: [{port: 8080}]\n"
+            # Their ordering drop-ins are managed files too (no such unit needs to exist).
+            "hostmesh_workload_units: [hostmesh-demo.service]\n", encoding="utf-8")
         (inventory / "host_vars" / "alpha.yml").write_text("hostmesh_bypass: uid\n", encoding="utf-8")
         (inventory / "host_vars" / "bravo.yml").write_text("hostmesh_bypass: net_cls\n", encoding="utf-8")
         started = time.monotonic()
@@ -191,11 +197,14 @@ def test_every_drift_is_reported_shown_and_repaired(fleet, lab_timings):
     # The check run changed nothing: the drift is still there.
     assert "4096" in ssh(fleet, "bravo", "grep max_active_downstream_connections /etc/hostmesh/envoy/envoy.yaml")
 
+    ssh(fleet, USER_DRIFT[0], USER_DRIFT[1])
+
     # drift -> the full converge changes something on each host ...
     started = time.monotonic()
     repair = run_site(fleet["inventory"])
     lab_timings.append(("probe: repair run", time.monotonic() - started))
     assert repair.rc == 0, repair.output
+    assert USER_DRIFT[2] in [item["msg"] for item in probe(repair, USER_DRIFT[0])["drift"]]
     assert all(repair.stats[host]["changed"] > 0 for host in ("alpha", "bravo")), repair.stats
 
     # ... and after it the probe says converged, and a forced full converge changes nothing.
