@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright (c) 2026, hostmesh.sidecar contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -49,7 +48,8 @@ class Target:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec - lab URL
                 status = response.status
                 body = response.read()
-        except Exception as exc:  # pylint: disable=broad-except - every failure counts, whatever it is
+        # Every failure counts, whatever it is.
+        except Exception as exc:  # pylint: disable=broad-except
             self.record_failure("%s: %s" % (type(exc).__name__, exc))
             return
         try:
