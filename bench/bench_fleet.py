@@ -29,7 +29,7 @@ ControlPath, which names the alias. Targets (issue 7): a no-op site.yml takes at
 ping run at every N, the ratio stays flat as N grows, and a no-op site.yml makes at most 2 SSH
 executions per host. The result is a Markdown table ready for the README, with the machine's load.
 
-Then (unless --no-profile) one more no-op run of each at the smallest N with the callback
+Then (unless --no-profile) one more no-op run of each at the largest N with the callback
 bench/callback_plugins/hostmesh_task_profile.py shows where the time goes: Ansible's start-up,
 each role, each task (wall time from its start to the next task's start, and the slowest host),
 and each kind of task.
@@ -524,14 +524,15 @@ def bench(args: argparse.Namespace) -> int:
                                     f" {workload['seconds']:.1f}s, site.yml {converge['seconds']:.1f}s")
 
     if not args.no_profile:
-        smallest = points[0]
-        print(f"\nProfiling one more run of each at {rows[0]['hosts']} hosts:", flush=True)
+        # At the largest N: the controller's per-host share of each task shows there, not at 4 hosts
+        largest = points[-1]
+        print(f"\nProfiling one more run of each at {rows[-1]['hosts']} hosts:", flush=True)
         site_profile_path = controller / "logs" / "site-profile.json"
         ping_profile_path = controller / "logs" / "ping-profile.json"
         site_profiled = run_playbook(controller, env, playbooks / "site.yml", "site-noop-profiled",
-                                     smallest["aliases"], smallest["inventory"], site_profile_path)
+                                     largest["aliases"], largest["inventory"], site_profile_path)
         ping_profiled = run_playbook(controller, env, controller / "ping.yml", "ping-profiled",
-                                     smallest["aliases"], smallest["inventory"], ping_profile_path)
+                                     largest["aliases"], largest["inventory"], ping_profile_path)
         print_profile(json.loads(site_profile_path.read_text(encoding="utf-8")), site_profiled["seconds"],
                       json.loads(ping_profile_path.read_text(encoding="utf-8")), ping_profiled["seconds"], args.top)
     return 0 if met else 3
