@@ -29,8 +29,10 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._probe import (
     binary_drift,
     drift,
     file_drift,
+    file_sha1,
     served_config_drift,
     sha1_of,
+    source_needs_digest,
     unit_drift,
 )
 
@@ -175,6 +177,8 @@ class ActionModule(ActionBase):
                 source_stat = {"size": st.st_size, "mtime": st.st_mtime}
             except (AnsibleError, OSError):
                 source_stat = None
+        if source_needs_digest(found["observed"].get("install_record"), source_stat):
+            source_stat["sha1"] = file_sha1(self._find_needle("files", binary["src"]))
         items = found["drift"] + compare(plan, found["observed"], content_sha1, source_stat)
         result.update(changed=False, converged=not items, drift=items, observed=found["observed"])
         if facts:

@@ -13,6 +13,10 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.hostmesh.sidecar.plugins.module_utils._probe import (
+    served_config_sha1 as served_config_sha1_of_state,
+)
+
 DOCUMENTATION = r"""
 name: envoy_sidecar_action
 short_description: How the running Envoy sidecar takes up what the envoy_sidecar role changed
@@ -85,9 +89,7 @@ def served_config_sha1(supervisor_state) -> str:
             state = json.loads(base64.b64decode(state["content"]).decode("utf-8"))
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
             raise AnsibleFilterError("the hot-restart supervisor's state file is not JSON: %s" % exc)
-    if not isinstance(state, dict):
-        return ""
-    return str(state.get("serving_config_sha1") or "").strip()
+    return served_config_sha1_of_state(state)
 
 
 def sidecar_action(restart_causes, started, supervisor_state, config_sha1) -> str:

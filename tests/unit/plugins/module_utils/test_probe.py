@@ -12,6 +12,7 @@ import os
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._probe import (
     binary_drift,
     file_drift,
+    file_sha1,
     messages,
     net_cls_drift,
     parse_systemctl_show,
@@ -19,6 +20,7 @@ from ansible_collections.hostmesh.sidecar.plugins.module_utils._probe import (
     redirect_drift,
     served_config_drift,
     sha1_of,
+    source_needs_digest,
     unit_drift,
     user_drift,
 )
@@ -89,6 +91,24 @@ def test_binary_quick_check():
         "binary /usr/local/bin/envoy: the source /src/envoy changed since it was installed"]
     assert messages(binary_drift(BIN_WANT, dict(BIN_STAT, mode="0700"), RECORD, {"size": 107, "mtime": 1.0})) == [
         "binary /usr/local/bin/envoy: mode 0700 (want 0755)"]
+
+
+def test_binary_source_copied_to_another_controller():
+    # Same size, another mtime: the action digests the source; the same bytes are no drift, others are.
+    moved = {"size": 107, "mtime": 2.0}
+    assert source_needs_digest(RECORD, moved)
+    assert not source_needs_digest(RECORD, {"size": 107, "mtime": 1.0})
+    assert not source_needs_digest(RECORD, {"size": 108, "mtime": 2.0})
+    assert not source_needs_digest(None, moved)
+    assert binary_drift(BIN_WANT, BIN_STAT, RECORD, dict(moved, sha1="c")) == []
+    assert messages(binary_drift(BIN_WANT, BIN_STAT, RECORD, dict(moved, sha1="d"))) == [
+        "binary /usr/local/bin/envoy: the source /src/envoy changed since it was installed"]
+
+
+def test_file_sha1_reads_in_chunks(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * ((1 << 20) + 3))
+    assert file_sha1(str(path)) == sha1_of(b"x" * ((1 << 20) + 3))
 
 
 def test_binary_record_missing_old_or_other_method():
