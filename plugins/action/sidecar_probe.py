@@ -42,6 +42,16 @@ NET_CLS_FACT = "transparent_proxy_net_cls_path"
 FILE_STATES = ("file", "directory", "absent")
 
 
+# The roles' manifests name their templates and sources relative to the collection's root
+# (roles/<role>/templates/..., plugins/module_utils/...): this file is plugins/action/ in it.
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def in_collection(path):
+    """A manifest's template or source path: absolute as given, else below the collection's root."""
+    return path if os.path.isabs(path) else os.path.join(COLLECTION_ROOT, path)
+
+
 def merge_manifests(manifests) -> dict:
     """One probe plan from the roles' manifests; raises AnsibleActionFail on a malformed one."""
     plan = {"files": {}, "units": [], "user": None, "net_cls": None, "redirect": None, "binary": None,
@@ -188,7 +198,7 @@ class ActionModule(ActionBase):
         return result
 
     def _read(self, src):
-        path = self._find_needle("files", src)
+        path = self._find_needle("files", in_collection(src))
         with open(path, "rb") as handle:
             return handle.read()
 
@@ -196,7 +206,7 @@ class ActionModule(ActionBase):
         """The bytes ansible.builtin.template would write (its defaults: trim_blocks, '\\n', utf-8)."""
         from ansible._internal._templating._template_vars import generate_ansible_template_vars
 
-        source = self._find_needle("templates", template)
+        source = self._find_needle("templates", in_collection(template))
         data = trust_as_template(self._loader.get_text_file_contents(source))
         searchpath = []
         for base in list(render_vars.get("ansible_search_path", [])) + [self._loader.get_basedir(),

@@ -35,8 +35,9 @@ attributes:
 options:
   manifests:
     description:
-      - The roles' probe manifests (the facts C(__transparent_proxy_probe) and C(__envoy_sidecar_probe) their C(probe) entry
-        points set). Read by the action plugin on the controller, which derives every other option from them and compares
+      - The roles' probe manifests (the variables C(__transparent_proxy_probe) and C(__envoy_sidecar_probe) of the roles'
+        C(vars/main.yml), visible after including their C(probe) entry points with C(public=true)). Template and source
+        paths in them are relative to the collection's root. Read by the action plugin on the controller, which derives every other option from them and compares
         the result with the rendered templates; cannot be combined with the other options.
       - Without it, the other options are passed to the module as they are and only RV(drift) of the engines is computed.
     type: list

@@ -37,9 +37,6 @@ ENVOY = harness.REPO_ROOT / ".cache" / "envoy" / "envoy"
 PROBE_TASK = "Probe the host in one round trip"
 CONVERGE_INCLUDE = "Converge the host (only where the probe found drift, or hostmesh_force_converge)"
 ROLE_TASK_PREFIXES = ("hostmesh.sidecar.transparent_proxy : ", "hostmesh.sidecar.envoy_sidecar : ")
-# The probe entry points' own tasks (argument spec check and set_fact, controller only) are not converge tasks.
-PROBE_ENTRY_TASKS = ("Describe what the role manages (for hostmesh.sidecar.sidecar_probe)",
-                     "Validating arguments against arg spec 'probe'")
 
 # (host, shell command making the drift, drift message the probe must report)
 DRIFTS = [
@@ -99,14 +96,13 @@ def run_site(inventory: Path, *args, playbook: str = "playbooks/site.yml", timeo
 
 
 def converge_tasks_run(result, host: str) -> list:
-    """Names of the role tasks that ran (not skipped) on host, the probe entry points' own left out."""
+    """Names of the role tasks that ran (not skipped) on host (the probe entry points hold none)."""
     ran = []
     for play in result.plays:
         for record in play.get("tasks", []):
             name = record["task"]["name"]
             outcome = record["hosts"].get(host)
-            if outcome is None or outcome.get("hostmesh_status") == "skipped" \
-                    or any(entry in name for entry in PROBE_ENTRY_TASKS):
+            if outcome is None or outcome.get("hostmesh_status") == "skipped":
                 continue
             if name.startswith(ROLE_TASK_PREFIXES):
                 ran.append(name)
