@@ -37,8 +37,9 @@ options:
     description:
       - The roles' probe manifests (the variables C(__transparent_proxy_probe) and C(__envoy_sidecar_probe) of the roles'
         C(vars/main.yml), visible after including their C(probe) entry points with C(public=true)). Template and source
-        paths in them are relative to the collection's root. Read by the action plugin on the controller, which derives every other option from them and compares
-        the result with the rendered templates; cannot be combined with the other options.
+        paths in them are relative to the collection's root. Read by the action plugin on the controller, which derives
+        every other option from them and compares the result with the rendered templates; cannot be combined with the
+        other options.
       - Without it, the other options are passed to the module as they are and only RV(drift) of the engines is computed.
     type: list
     elements: dict
