@@ -277,6 +277,17 @@ def _write_playbook(playbook, workdir):
     return path
 
 
+def venv_tool(name):
+    """Path of a command of the environment running pytest (the project's .venv), else from PATH."""
+    candidate = pathlib.Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise AssertionError("%s not found next to %s or on PATH (run ./scripts/setup.sh)" % (name, sys.executable))
+    return found
+
+
 def run_playbook(playbook, *, netns=None, check=False, diff=False, extra_vars=None,
                  etc_overlay=None, env=None, timeout=300, extra_args=()):
     """Run ansible-playbook against localhost and collect every task result.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,6 +30,9 @@ import pytest
 import yaml
 
 import hostmesh_lab as lab_tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import harness  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 pytestmark = pytest.mark.lab
 
@@ -49,21 +51,11 @@ PROJECT_PLAYBOOKS = {
 }
 
 
-def venv_tool(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found next to {sys.executable} or on PATH (run ./scripts/setup.sh)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def tarball(tmp_path_factory) -> Path:
     """The collection as an EE or AWX gets it: the built tarball, not the checkout."""
     out = tmp_path_factory.mktemp("engines-build")
-    proc = subprocess.run([venv_tool("ansible-galaxy"), "collection", "build", "--output-path", str(out), str(ROOT)],
+    proc = subprocess.run([harness.venv_tool("ansible-galaxy"), "collection", "build", "--output-path", str(out), str(ROOT)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (built,) = out.glob("*.tar.gz")
@@ -106,7 +98,7 @@ def make_node(base: Path, name: str, tarball_path: Path, inventory: dict) -> Pat
         "transparent_proxy_inbound_exclude_ports": [22, 9999],
         "transparent_proxy_outbound_exclude_ports": [9999],
     }), encoding="utf-8")
-    proc = subprocess.run([venv_tool("ansible-galaxy"), "collection", "install", str(tarball_path),
+    proc = subprocess.run([harness.venv_tool("ansible-galaxy"), "collection", "install", str(tarball_path),
                            "--collections-path", str(node / "collections")],
                           capture_output=True, text=True, timeout=120, check=False,
                           env=dict(os.environ, ANSIBLE_HOME=str(node / "ansible-home")))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,23 +22,15 @@ import pytest
 import hostmesh_lab as lab_tool
 from hmlab import lifecycle
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import harness  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
 pytestmark = pytest.mark.lab
 
 HERE = Path(__file__).resolve().parent
 LAB_CLI = HERE / "hostmesh_lab.py"
 SUBNET = "10.79.0.0/24"
 SUBNET6 = "fd00:79::/64"
-
-
-def ansible_bin(tool: str) -> str:
-    """The Ansible CLI of the environment running pytest (the project's .venv)."""
-    candidate = Path(sys.executable).parent / tool
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(tool)
-    if not found:
-        pytest.fail(f"{tool} not found next to {sys.executable} or on PATH")
-    return found
 
 
 def lab_name(tag: str) -> str:
@@ -113,7 +104,7 @@ def pair(image, lab_timings):
 def test_up_writes_inventory_and_state(pair):
     name = pair["lab"]
     inventory = json.loads(subprocess.run(
-        [ansible_bin("ansible-inventory"), "-i", pair["inventory"], "--list"],
+        [harness.venv_tool("ansible-inventory"), "-i", pair["inventory"], "--list"],
         capture_output=True, text=True, check=True).stdout)
     hostvars = inventory["_meta"]["hostvars"]
     assert sorted(hostvars) == ["alpha", "bravo"]
@@ -134,7 +125,7 @@ def test_up_writes_inventory_and_state(pair):
 def test_ansible_ping_from_the_lab_netns(pair):
     proc = subprocess.run(
         [sys.executable, str(LAB_CLI), "exec", "--lab", pair["lab"], "--",
-         ansible_bin("ansible"), "all", "-i", pair["inventory"], "-m", "ansible.builtin.ping"],
+         harness.venv_tool("ansible"), "all", "-i", pair["inventory"], "-m", "ansible.builtin.ping"],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("SUCCESS") == 2
@@ -149,7 +140,7 @@ def test_inventory_works_from_the_machine_netns_without_touching_it(pair):
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
     assert "10.79.0." not in addresses + routes
     assert "fd00:79:" not in addresses
-    proc = subprocess.run([ansible_bin("ansible"), "bravo", "-i", pair["inventory"], "-m", "ansible.builtin.command",
+    proc = subprocess.run([harness.venv_tool("ansible"), "bravo", "-i", pair["inventory"], "-m", "ansible.builtin.command",
                            "-a", "cat /etc/hostname"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bravo" in proc.stdout.split(">>", 1)[1]

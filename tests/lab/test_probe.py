@@ -15,7 +15,6 @@ once each."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ pytestmark = pytest.mark.lab
 
 LAB = "hmprobe"
 SUBNET = "10.81.0.0/24"
+HOSTS = ("alpha", "bravo")
 ENVOY = harness.REPO_ROOT / ".cache" / "envoy" / "envoy"
 PROBE_TASK = "Probe the host in one round trip"
 CONVERGE_INCLUDE = "Converge the host (only where the probe found drift, or hostmesh_force_converge)"
@@ -67,32 +67,10 @@ USER_DRIFT = ("bravo", "userdel hostmesh-proxy", "user hostmesh-proxy: missing")
 
 
 def run_site(inventory: Path, *args, playbook: str = "playbooks/site.yml", timeout: int = 600):
-    """ansible-playbook against the lab, results recorded by the harness's callback."""
-    workdir = Path(tempfile.mkdtemp(prefix="hm-probe-run-"))
-    results = workdir / "results.json"
-    env = {key: value for key, value in os.environ.items() if key != "ANSIBLE_CONFIG"}
-    env.update({
-        "PATH": f"{harness.VENV_BIN}:{harness.SYSTEM_PATH}",
-        "ANSIBLE_COLLECTIONS_PATH": str(harness.collections_path()),
-        "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false",
-        "ANSIBLE_CALLBACK_PLUGINS": str(harness.CALLBACK_DIR),
-        "ANSIBLE_CALLBACKS_ENABLED": "hostmesh_results",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_PIPELINING": "1",
-        "ANSIBLE_HOST_KEY_CHECKING": "0",
-        "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
-        "HOSTMESH_RESULTS_FILE": str(results),
-    })
-    argv = [str(harness.VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(harness.REPO_ROOT / playbook),
-            *args]
-    try:
-        proc = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        data = json.loads(results.read_text(encoding="utf-8")) if results.exists() else {"plays": [], "stats": {}}
-    finally:
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    return harness.PlaybookResult(rc=proc.returncode, stdout=proc.stdout, stderr=proc.stderr, plays=data["plays"],
-                                  stats=data["stats"], command=argv)
+    """ansible-playbook against the lab through the integration harness (its results callback, this
+    checkout as hostmesh.sidecar); the harness's own localhost is limited away."""
+    return harness.run_playbook(playbook, timeout=timeout, env={"ANSIBLE_PIPELINING": "1"},
+                                extra_args=["-i", inventory, "--limit", ",".join(HOSTS), *args])
 
 
 def converge_tasks_run(result, host: str) -> list:
@@ -122,7 +100,7 @@ def fleet(lab_timings):
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="hm-probe-lab-"))
     try:
-        state = lab_tool.up(LAB, ["alpha", "bravo"], subnet=SUBNET)
+        state = lab_tool.up(LAB, list(HOSTS), subnet=SUBNET)
         lab_timings.append(("probe: up, 2 hosts", time.monotonic() - started))
         inventory = workdir / "inventory"
         (inventory / "group_vars").mkdir(parents=True)

@@ -31,6 +31,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import harness  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
 ROOT = Path(__file__).resolve().parents[2]
 EE_FILE = ROOT / "execution-environment.yml"
 COLLECTION_EE_FILE = ROOT / "meta" / "execution-environment.yml"
@@ -38,16 +41,6 @@ COLLECTION_EE_FILE = ROOT / "meta" / "execution-environment.yml"
 HOST_SIDE_PLUGIN_DIRS = {"modules"}
 NOT_NEEDED_IN_AN_EE = ("molecule", "pytest", "pytest-testinfra", "ansible-lint", "yamllint",
                        "antsibull-changelog", "ansible-builder")
-
-
-def venv_tool(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found next to {sys.executable} or on PATH (run ./scripts/setup.sh)")
-    return found
 
 
 def offline(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -82,11 +75,11 @@ def build(tmp_path_factory, ee_definition):
     work = tmp_path_factory.mktemp("ee")
     shutil.copy2(EE_FILE, work / EE_FILE.name)
     tarball_dir = work / "build" / "ee"
-    proc = offline([venv_tool("ansible-galaxy"), "collection", "build", "--output-path", str(tarball_dir), str(ROOT)])
+    proc = offline([harness.venv_tool("ansible-galaxy"), "collection", "build", "--output-path", str(tarball_dir), str(ROOT)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (tarball,) = tarball_dir.glob("*.tar.gz")
     context = work / "context"
-    proc = offline([venv_tool("ansible-builder"), "create", "--file", str(work / EE_FILE.name),
+    proc = offline([harness.venv_tool("ansible-builder"), "create", "--file", str(work / EE_FILE.name),
                     "--context", str(context), "--output-filename", "Containerfile"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"work": work, "tarball": tarball, "context": context,
@@ -100,7 +93,7 @@ def installed(build):
     stage = build["work"] / "galaxy-stage"
     shutil.copytree(build["context"] / "_build", stage / "build")
     collections = stage / "usr-share-ansible" / "collections"
-    proc = offline([venv_tool("ansible-galaxy"), "collection", "install", "-r", "requirements.yml",
+    proc = offline([harness.venv_tool("ansible-galaxy"), "collection", "install", "-r", "requirements.yml",
                     "--collections-path", str(collections)],
                    cwd=stage / "build",
                    env={"ANSIBLE_GALAXY_DISABLE_GPG_VERIFY": "1", "ANSIBLE_HOME": str(stage / "ansible-home")})
