@@ -179,16 +179,17 @@ class ActionModule(ActionBase):
                 raise ValueError(to_text(cache[key]))
             return cache[key]
 
-        source_stat = None
+        source = source_stat = None
         binary = plan["binary"] or {}
         if binary.get("method") == "file" and binary.get("src"):
             try:
-                st = os.stat(self._find_needle("files", binary["src"]))
+                source = self._find_needle("files", binary["src"])
+                st = os.stat(source)
                 source_stat = {"size": st.st_size, "mtime": st.st_mtime}
             except (AnsibleError, OSError):
                 source_stat = None
         if source_needs_digest(found["observed"].get("install_record"), source_stat):
-            source_stat["sha1"] = file_sha1(self._find_needle("files", binary["src"]))
+            source_stat["sha1"] = file_sha1(source)
         items = found["drift"] + compare(plan, found["observed"], content_sha1, source_stat)
         result.update(changed=False, converged=not items, drift=items, observed=found["observed"])
         if facts:
