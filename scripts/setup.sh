@@ -97,7 +97,50 @@ PY
 fi
 say "envoy: $("$ENVOY_DIR/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo "$ENVOY_DIR/envoy")"
 
-# 4. The lab's cached debootstrap image (used by Molecule and the demo).
+# 4. community.crypto (the mesh CA and host certificates): Galaxy is not reachable from every
+# machine, so it comes from PyPI's `ansible` package, which bundles it. Extracted once into
+# .cache/collections; scripts/collections_path.py links it into every collections path.
+ANSIBLE_BUNDLE_VERSION=12.3.0
+CRYPTO_VERSION=3.0.5
+CRYPTO_DIR="$REPO_ROOT/.cache/collections/ansible_collections/community/crypto"
+crypto_found=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["version"])' \
+    "$CRYPTO_DIR/MANIFEST.json" 2>/dev/null || true)
+if [ "$crypto_found" != "$CRYPTO_VERSION" ]; then
+    bundle="$REPO_ROOT/.cache/ansible-$ANSIBLE_BUNDLE_VERSION-py3-none-any.whl"
+    if [ ! -f "$bundle" ]; then
+        say "downloading ansible==$ANSIBLE_BUNDLE_VERSION from PyPI (for its community.crypto)"
+        "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+            "ansible==$ANSIBLE_BUNDLE_VERSION" -d "$REPO_ROOT/.cache"
+    fi
+    say "extracting community.crypto $CRYPTO_VERSION from $(basename "$bundle")"
+    "$VENV/bin/python" - "$bundle" "$CRYPTO_DIR" "$CRYPTO_VERSION" <<'PY'
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+wheel, target, version = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+prefix = "ansible_collections/community/crypto/"
+staging = target.with_name(".crypto.part")
+shutil.rmtree(staging, ignore_errors=True)
+with zipfile.ZipFile(wheel) as archive:
+    for name in archive.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            dest = staging / name[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(name) as source, open(dest, "wb") as out:
+                shutil.copyfileobj(source, out)
+found = json.loads((staging / "MANIFEST.json").read_text())["collection_info"]["version"]
+if found != version:
+    sys.exit(f"ansible wheel carries community.crypto {found}, not {version}")
+shutil.rmtree(target, ignore_errors=True)
+staging.rename(target)
+PY
+fi
+say "community.crypto $CRYPTO_VERSION: $CRYPTO_DIR"
+
+# 5. The lab's cached debootstrap image (used by Molecule and the demo).
 if $BUILD_LAB; then
     lab="$REPO_ROOT/tests/lab/hostmesh_lab.py"
     if [ -f "$lab" ]; then

@@ -33,6 +33,7 @@ IMAGE_PACKAGES = (
     "iproute2",
     "python3",
     "python3-apt",
+    "python3-cryptography",  # mesh_identity: the host key and CSR (community.crypto)
     "openssh-server",
     "procps",
     "ca-certificates",
