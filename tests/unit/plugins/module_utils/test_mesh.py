@@ -122,8 +122,8 @@ def test_none_means_unset():
     hostvars["alpha"].update(hostmesh_trust_domain=None, hostmesh_mesh_domain=None, hostmesh_mesh_mode=None,
                              hostmesh_mesh_services=None)
     model = mesh_model(hostvars, groups, "alpha")
-    assert (model["trust_domain"], model["domain"], model["inbound_ports"][0]["mode"]) == ("hostmesh.local", "mesh",
-                                                                                          "permissive")
+    defaults = ("hostmesh.local", "mesh", "permissive")
+    assert (model["trust_domain"], model["domain"], model["inbound_ports"][0]["mode"]) == defaults
 
 
 # --- policy ------------------------------------------------------------------------------------------
