@@ -54,7 +54,7 @@ def in_collection(path):
 
 def merge_manifests(manifests) -> dict:
     """One probe plan from the roles' manifests; raises AnsibleActionFail on a malformed one."""
-    plan = {"files": {}, "units": [], "user": None, "net_cls": None, "redirect": None, "binary": None,
+    plan = {"files": {}, "units": [], "certificates": [], "user": None, "net_cls": None, "redirect": None, "binary": None,
             "served_config": None, "unprobed": [], "id_vars": {}}
     for manifest in manifests:
         if not isinstance(manifest, dict) or not manifest.get("role"):
@@ -73,6 +73,10 @@ def merge_manifests(manifests) -> dict:
         for unit in manifest.get("units") or []:
             if unit not in plan["units"]:
                 plan["units"].append(unit)
+        for certificate in manifest.get("certificates") or []:
+            if not isinstance(certificate, dict) or not all(certificate.get(key) for key in ("cert", "key", "uri_san")):
+                raise AnsibleActionFail(f"manifests ({role}): a certificate needs cert, key and uri_san, got {certificate!r}")
+            plan["certificates"].append(certificate)
         # Variables the role's templates read the proxy's resolved ids from (user.yml sets them).
         plan["id_vars"].update(manifest.get("id_vars") or {})
         for key in ("user", "net_cls", "redirect", "binary", "served_config"):
@@ -95,6 +99,9 @@ def module_args(plan) -> dict:
         "binary": binary.get("path"),
         "install_record": binary.get("record") if binary.get("method") in ("url", "file") else None,
         "supervisor_state": served.get("state_file"),
+        "certificates": [{"cert": c["cert"], "key": c["key"], "uri_san": c["uri_san"],
+                          "renew_before": int(c.get("renew_before") or 0), "issuer_pem": c.get("issuer_pem") or ""}
+                         for c in plan["certificates"]],
     }
     return {key: value for key, value in args.items() if value not in (None, [], {})}
 

@@ -15,17 +15,22 @@
   install record's quick check: size, mtime and inode, never a digest of the
   binary), ``served_config_drift`` (the hot-restart supervisor's state file),
   and the engines' check-mode diffs: ``user_drift``, ``net_cls_drift``,
-  ``redirect_drift``. The action plugin runs the comparisons that need
+  ``redirect_drift``, and ``certificate_drift`` (the mesh identity's
+  certificate: its key, its one URI SAN, its issuer, the time it has left,
+  from what ``read_certificate`` found). The action plugin runs the comparisons that need
   controller-side data (rendered templates, the Envoy source's stat); the
   module those that need the host's engines.
 * reader: ``read_path`` (lstat, and a sha1 only of files that are wanted with
-  one), ``read_json`` and ``read_units`` (one ``systemctl show`` for every unit).
+  one), ``read_json``, ``read_units`` (one ``systemctl show`` for every unit)
+  and ``read_certificate`` (with the host's cryptography library, when it has
+  one).
 
 Nothing here changes anything: the engines run in check mode.
 """
 
 from __future__ import annotations
 
+import datetime
 import grp
 import hashlib
 import json
@@ -221,6 +226,104 @@ def served_config_drift(config_path: str, rendered_sha1: str, state) -> list:
         return [drift("config", config_path, "the running Envoy serves another configuration (hot restart due)",
                       rendered_sha1, served)]
     return []
+
+
+# ---------------------------------------------------------------------------
+# The mesh identity's certificate
+# ---------------------------------------------------------------------------
+
+def certificate_drift(want: dict, found: dict, now: float) -> list:
+    """Drift of a host certificate from what the mesh_identity role would keep.
+
+    ``want``: cert, key (paths), uri_san (the identity), renew_before
+    (seconds), issuer_pem (the signing CA's certificate; '' when unknown).
+    ``found``: what ``read_certificate`` returned: exists, error, not_after
+    (epoch seconds), uri_sans, key_matches, issued_by (True, False, or None
+    when not checked). ``now``: epoch seconds. Any item means the role would
+    issue a new certificate.
+    """
+    path = want["cert"]
+    if not found.get("exists"):
+        return [drift("certificate", path, "missing", want["uri_san"], None)]
+    if found.get("error"):
+        return [drift("certificate", path, f"cannot read: {found['error']}", want["uri_san"], found["error"])]
+    items = []
+    if not found.get("key_matches"):
+        items.append(drift("certificate", path, f"does not belong to the key {want['key']}", True, False))
+    sans = list(found.get("uri_sans") or [])
+    if sans != [want["uri_san"]]:
+        items.append(drift("certificate", path, f"URI SAN {', '.join(sans) or 'none'} (want exactly {want['uri_san']})",
+                           [want["uri_san"]], sans))
+    if not want.get("issuer_pem"):
+        items.append(drift("certificate", path, "the signing CA is not on the controller yet", "CA", None))
+    elif found.get("issued_by") is False:
+        items.append(drift("certificate", path, "not issued by the signing CA", True, False))
+    left = float(found["not_after"]) - now
+    renew_before = int(want.get("renew_before") or 0)
+    if left <= 0:
+        items.append(drift("certificate", path, "expired", renew_before, int(left)))
+    elif left < renew_before:
+        items.append(drift("certificate", path, f"renewal due: {left / 86400:.1f} days left, renewed with less than "
+                           f"{renew_before / 86400:.1f}", renew_before, int(left)))
+    return items
+
+
+def read_certificate(cert_path: str, key_path: str, issuer_pem: str = "") -> dict:
+    """What the probe needs of a certificate and its key, read with the cryptography library.
+
+    ``error`` says why they cannot be judged (no library, unreadable, not PEM);
+    the caller turns it into drift, since the role would then issue anew.
+    """
+    if not os.path.exists(cert_path):
+        return {"exists": False}
+    try:
+        # Imported here: the rest of the probe needs no third-party library on the host.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        return {"exists": True, "error": "the host's Python has no cryptography library"}
+    try:
+        with open(cert_path, "rb") as handle:
+            cert = x509.load_pem_x509_certificate(handle.read())
+        with open(key_path, "rb") as handle:
+            key = serialization.load_pem_private_key(handle.read(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        return {"exists": True, "error": str(exc) or type(exc).__name__}
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uri_sans = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uri_sans = []
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    not_after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return {"exists": True, "error": None, "not_after": not_after.timestamp(), "uri_sans": list(uri_sans),
+            "key_matches": key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki),
+            "issued_by": _issued_by(cert, issuer_pem) if issuer_pem else None}
+
+
+def _issued_by(cert, issuer_pem: str):
+    """Whether the signing CA's key signed ``cert`` (False also for an unreadable CA)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    try:
+        issuer = x509.load_pem_x509_certificate(issuer_pem.encode())
+    except ValueError:
+        return False
+    if issuer.subject != cert.issuer:
+        return False
+    public_key = issuer.public_key()
+    try:
+        # cryptography 40 has verify_directly_issued_by; Debian 12 ships 38.
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
+        else:
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------

@@ -105,6 +105,36 @@ options:
   supervisor_state:
     description: Path of the hot-restart supervisor's state file (JSON), returned parsed.
     type: path
+  certificates:
+    description:
+      - Mesh identity certificates (the M(hostmesh.sidecar.mesh_identity) role's), read with the host's C(cryptography)
+        library. Drift when one is missing or unreadable (also when the library is missing), does not belong to its key,
+        does not carry exactly O(certificates[].uri_san) as its URI SAN, was not signed by O(certificates[].issuer_pem),
+        or has less than O(certificates[].renew_before) seconds left.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      cert:
+        description: Path of the certificate (PEM).
+        type: path
+        required: true
+      key:
+        description: Path of its private key (PEM, unencrypted); only its public half is compared.
+        type: path
+        required: true
+      uri_san:
+        description: The one URI SAN the certificate must carry (the host's SPIFFE ID).
+        type: str
+        required: true
+      renew_before:
+        description: Seconds; a certificate with less left is drift (the role renews it).
+        type: int
+        default: 0
+      issuer_pem:
+        description: The signing CA's certificate (PEM); empty when the controller has none yet (drift).
+        type: str
+        default: ""
 notes:
   - C(changed) is always false.
 seealso:
@@ -162,6 +192,9 @@ observed:
     user:
       description: uid and gid of the proxy user as found (null when missing).
       type: dict
+    certificates:
+      description: Per certificate path, exists, error, not_after (epoch seconds), uri_sans, key_matches, issued_by.
+      type: dict
 net_cls_path:
   description: The net_cls cgroup's directory (where it is, or would be created); the roles' C(transparent_proxy_net_cls_path).
   returned: when O(net_cls) is given and its engine could plan
@@ -170,14 +203,17 @@ net_cls_path:
 """
 
 import pwd
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._host import LC_ENV, HostmeshError
 from ansible_collections.hostmesh.sidecar.plugins.module_utils._probe import (
+    certificate_drift,
     engine_error_drift,
     net_cls_drift,
     read_json,
+    read_certificate,
     read_path,
     read_units,
     redirect_drift,
@@ -257,6 +293,13 @@ def main():
             binary=dict(type="path"),
             install_record=dict(type="path"),
             supervisor_state=dict(type="path"),
+            certificates=dict(type="list", elements="dict", default=[], options=dict(
+                cert=dict(type="path", required=True),
+                key=dict(type="path", required=True),
+                uri_san=dict(type="str", required=True),
+                renew_before=dict(type="int", default=0),
+                issuer_pem=dict(type="str", default=""),
+            )),
         ),
         supports_check_mode=True,
     )
@@ -293,7 +336,13 @@ def main():
         "install_record": read_json(params["install_record"]) if params["install_record"] else None,
         "supervisor_state": read_json(params["supervisor_state"]) if params["supervisor_state"] else None,
         "user": ids,
+        "certificates": {},
     }
+    now = time.time()
+    for want in params["certificates"]:
+        found = read_certificate(want["cert"], want["key"], want["issuer_pem"])
+        observed["certificates"][want["cert"]] = found
+        drift += certificate_drift(want, found, now)
     result.update(converged=not drift, drift=drift, observed=observed)
     module.exit_json(**result)
 
