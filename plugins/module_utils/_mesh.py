@@ -86,6 +86,11 @@ DEFAULT_MESH_DOMAIN = "mesh"
 DEFAULT_MESH_GROUP = "all"
 DEFAULT_VIP_RANGE = "240.240.0.0/16"
 MODES = ("permissive", "strict")
+# Well-known ports whose server speaks first (FTP, SSH, Telnet, SMTP, POP3, IMAP, submission,
+# MySQL, VNC): a plaintext client there sends nothing the TLS inspector could read and would wait
+# for its timeout. On a permissive port they default to server_first. On a strict port they keep
+# the inspector: only members call there, and a member's sidecar speaks first (its ClientHello).
+SERVER_FIRST_PORTS = frozenset((21, 22, 23, 25, 110, 143, 587, 3306, 5900))
 DEFAULT_MODE = "permissive"
 
 # The sidecar's own listeners on each host: (variables read in this order, default). A role variable wins
@@ -293,7 +298,7 @@ def _workload_ports(name, host_vars, groups, known_hosts, members, problems) -> 
         if mode not in MODES:
             problems.add(variable + ".mesh_mode", name, "must be one of: " + ", ".join(MODES), mode)
             mode = host_mode
-        server_first = _bool(_get(entry, "server_first", False))
+        server_first = _bool(_get(entry, "server_first", port in SERVER_FIRST_PORTS and mode == "permissive"))
         if server_first is None:
             problems.add(variable + ".server_first", name, "must be a boolean", entry.get("server_first"))
             server_first = False

@@ -154,6 +154,20 @@ def test_modes_per_host_and_per_port_and_ports_sorted():
         (25, "permissive", True), (8080, "strict", False), (9000, "permissive", False)]
 
 
+def test_well_known_server_first_ports_default_to_server_first_when_permissive():
+    hostvars, groups = inventory()
+    hostvars["alpha"]["hostmesh_workload_ports"] = [
+        {"port": 3306}, {"port": 25, "mesh_mode": "strict"}, {"port": 22, "server_first": False}, {"port": 5432}]
+    ports = mesh_model(hostvars, groups, "alpha")["inbound_ports"]
+    # MySQL: no TLS inspector (plaintext clients would wait for it). SMTP on a strict port: members
+    # only, whose sidecars speak TLS first. SSH: the explicit false wins. PostgreSQL: client first.
+    assert [(port["port"], port["mode"], port["server_first"]) for port in ports] == [
+        (22, "permissive", False), (25, "strict", False), (3306, "permissive", True), (5432, "permissive", False)]
+    # A server-first port takes no mesh mTLS: peers do not route it to the sidecar's TLS.
+    hostvars["beta"]["hostmesh_workload_ports"] = [{"port": 3306}, {"port": 8080}]
+    assert mesh_model(hostvars, groups, "alpha")["peers"][0]["ports"] == [8080]
+
+
 def test_workload_ports_as_strings_from_an_ini_inventory():
     hostvars, groups = inventory()
     hostvars["beta"]["hostmesh_workload_ports"] = [{"port": "8080", "server_first": "no"}]
