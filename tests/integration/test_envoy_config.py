@@ -11,6 +11,8 @@ hand-written redirect rules equivalent to the ones traffic_redirect writes, and 
 way the rendered unit's ExecStart does (the role's hot-restart supervisor), as the proxy uid.
 A client in A calls the workload in B by B's address; A's outbound and B's inbound Envoy must
 each count every connection exactly once, and the workload must see it come from 127.0.0.6.
+Envoy's admin interface is a Unix socket in each sidecar's runtime directory (the unit's
+/run/hostmesh-envoy, moved per sidecar: both run on one file system); the tests read it as root.
 systemd itself (hot restart under systemd, kill -9 recovery, hardening at run time) is tested
 on the lab hosts; here the unit is only scored offline.
 """
@@ -22,9 +24,11 @@ import json
 import os
 import pathlib
 import re
+import secrets
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,6 +36,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 import harness
 
@@ -154,6 +159,15 @@ def exec_start_argv(root, runtime_dir):
     return [arg.replace("/run/hostmesh-envoy", str(runtime_dir)) for arg in argv]
 
 
+def runtime_dir_of(workdir, namespace):
+    """The stand-in for the unit's RuntimeDirectory of the sidecar in ``namespace``."""
+    return workdir / ("run-" + namespace.name)
+
+
+def admin_socket_of(workdir, namespace):
+    return runtime_dir_of(workdir, namespace) / "admin.sock"
+
+
 def nat_rules(mode, cgroup_path=None):
     """The nat rules of the design (see traffic_redirect) for one bypass mode."""
     match = {
@@ -208,10 +222,17 @@ class Sidecar:
 
     def __init__(self, namespace, root, workdir, mode, base_id, cgroup_dir=None):
         self.namespace = namespace
-        self.runtime_dir = workdir / ("run-" + namespace.name)
+        # As systemd makes RuntimeDirectory= with RuntimeDirectoryMode=0750 for User=/Group=.
+        self.runtime_dir = runtime_dir_of(workdir, namespace)
         self.runtime_dir.mkdir(mode=0o750)
         os.chown(self.runtime_dir, PROXY_UID, PROXY_GID)
         self.state_file = self.runtime_dir / "restarter.json"
+        self.admin_socket = admin_socket_of(workdir, namespace)
+        # Sidecars of one test share the file system: each must have been rendered with its own socket.
+        rendered = yaml.safe_load(config_path(root).read_text())["admin"]["address"]["pipe"]["path"]
+        assert rendered == str(self.admin_socket), (
+            "%s: render the role with envoy_sidecar_admin_socket=%s (admin_socket_of(workdir, namespace)), "
+            "not %s" % (namespace.name, self.admin_socket, rendered))
         self.base_id = base_id
         argv = exec_start_argv(root, self.runtime_dir)
         # One Envoy per namespace, several on this machine: each needs its own hot restart ids.
@@ -246,7 +267,9 @@ class Sidecar:
             epoch, self.namespace.name, self.log_path.read_text(errors="replace")[-4000:]))
 
     def admin(self, path):
-        return self.namespace.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15000" + path]).stdout
+        """GET ``path`` from the admin interface, as root (the tests' user)."""
+        return self.namespace.run(["curl", "-sS", "--max-time", "5", "--unix-socket", self.admin_socket,
+                                   "http://localhost" + path]).stdout
 
     def stats(self):
         return parse_stats(self.admin("/stats"))
@@ -304,7 +327,8 @@ class Mesh:
         self.roots = {}
         for index, host in enumerate((self.host_a, self.host_b)):
             root = self.workdir / ("root-" + host.name)
-            host_overrides = dict(overrides, **render_vars)
+            host_overrides = dict(overrides, envoy_sidecar_admin_socket=str(admin_socket_of(self.workdir, host)))
+            host_overrides.update(render_vars)
             if self.mode == "net_cls":
                 host_overrides["envoy_sidecar_net_cls_path"] = str(cgroup_dirs[host.name])
             render(root, **host_overrides)
@@ -318,6 +342,11 @@ class Mesh:
         self.sidecar_a, self.sidecar_b = self.sidecars
         self.workload = self.host_b.popen(["python3", "-c", WORKLOAD, str(WORKLOAD_PORT)])
         wait_listening(self.host_b, WORKLOAD_PORT)
+
+    def rerender(self, host, **render_vars):
+        """Render the role again for ``host`` (same admin socket), e.g. before a reload."""
+        render(self.roots[host.name], envoy_sidecar_bypass=self.mode,
+               envoy_sidecar_admin_socket=str(admin_socket_of(self.workdir, host)), **render_vars)
 
     def client(self, count, pause=0.0, host=None):
         argv = ["python3", "-c", CLIENT, ADDR_B, str(WORKLOAD_PORT), str(count), str(pause)]
@@ -413,18 +442,112 @@ def test_sidecar_counts_each_connection_once(mesh_factory, mode):
         assert marked_syns(mesh.host_a) == 0
 
 
-def test_admin_listens_on_loopback_only(mesh_factory):
+# What an unprivileged user sends to the admin socket: each request's connect() errno name, or the
+# start of the answer if it got through.
+ADMIN_REQUESTS = r"""
+import errno, json, socket, sys
+results = {}
+for request in sys.argv[2:]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(sys.argv[1])
+        sock.sendall(request.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        results[request] = "answered: " + sock.recv(100).decode(errors="replace")
+    except OSError as exc:
+        results[request] = errno.errorcode.get(exc.errno, str(exc))
+    finally:
+        sock.close()
+print(json.dumps(results))
+"""
+# Stop, drain, reconfigure, fail health checks, read.
+ADMIN_ATTACKS = ["POST /quitquitquit", "POST /drain_listeners", "POST /logging?level=trace",
+                 "POST /healthcheck/fail", "GET /ready"]
+
+
+@pytest.fixture
+def local_user():
+    """A throwaway unprivileged local user with its own group, removed again whatever the test does."""
+    name = "hm-noadmin-" + secrets.token_hex(3)
+    harness._run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name])
+    try:
+        yield name
+    finally:
+        harness._run(["userdel", name], check=False)
+        harness._run(["groupdel", name], check=False)  # when USERGROUPS_ENAB did not take it along
+
+
+def admin_requests_as(user, namespace, socket_path):
+    """ADMIN_ATTACKS sent by ``user`` (its own uid, gid and groups) to the admin socket: {request: outcome}."""
+    argv = ["setpriv", "--reuid", user, "--regid", user, "--init-groups",
+            harness.TARGET_PYTHON, "-I", "-c", ADMIN_REQUESTS, str(socket_path)] + ADMIN_ATTACKS
+    return json.loads(namespace.run(argv).stdout)
+
+
+def http_status(namespace, method, url):
+    return namespace.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                          "-X", method, url], check=False).stdout
+
+
+def assert_admin_socket_private(sidecar):
+    """The socket is the proxy user's, mode 0600 (the bootstrap's admin.address.pipe.mode)."""
+    info = os.stat(sidecar.admin_socket)
+    assert stat.S_ISSOCK(info.st_mode), oct(info.st_mode)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (PROXY_UID, 0o600), (info.st_uid, oct(info.st_mode))
+
+
+def test_admin_is_a_socket_only_root_and_the_proxy_user_reach(mesh_factory, local_user):
+    """A local user can neither stop, drain nor reconfigure the sidecar; the Prometheus port only scrapes."""
     mesh = mesh_factory("uid")
     mesh.start(envoy_sidecar_prometheus_port=15090)
-    listeners = mesh.host_a.run(["ss", "-Hltn"]).stdout
-    admin = [line.split()[3] for line in listeners.splitlines() if line.split()[3].endswith(":15000")]
-    assert admin and all(address.startswith("127.0.0.1:") for address in admin), listeners
-    # The Prometheus listener serves the stats, from another host too.
+    sidecar = mesh.sidecar_a
+    envoy_pid = sidecar.state()["envoy_pids"]["0"]
+    denied = dict.fromkeys(ADMIN_ATTACKS, "EACCES")
+
+    # No TCP admin: A listens on the outbound, inbound and Prometheus ports, nothing else; the admin
+    # interface is the Unix socket.
+    listening = mesh.host_a.run(["ss", "-Hltn"]).stdout
+    assert {line.split()[3].rsplit(":", 1)[1] for line in listening.splitlines()} == {"15001", "15006", "15090"}, listening
+    assert ":15000" not in listening
+    assert str(sidecar.admin_socket) in mesh.host_a.run(["ss", "-Hlx"]).stdout
+    assert_admin_socket_private(sidecar)
+
+    # The runtime directory (0750, the proxy user's) keeps the user out ...
+    assert admin_requests_as(local_user, mesh.host_a, sidecar.admin_socket) == denied
+    # ... and so does the socket's own mode where the directory is opened up.
+    sidecar.runtime_dir.chmod(0o755)
+    try:
+        assert admin_requests_as(local_user, mesh.host_a, sidecar.admin_socket) == denied
+    finally:
+        sidecar.runtime_dir.chmod(0o750)
+    # Root still reads it.
+    assert sidecar.admin("/ready").strip() == "LIVE"
+
+    # The Prometheus listener, reached from another host, scrapes and nothing else.
     scrape = mesh.host_b.run(["curl", "-sS", "--max-time", "5", "http://%s:15090/stats/prometheus" % ADDR_A]).stdout
     assert "envoy_listener_downstream_cx_total" in scrape
-    other = mesh.host_b.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-                             "http://%s:15090/config_dump" % ADDR_A], check=False).stdout
-    assert other == "404"
+    for method, path in [("POST", "/quitquitquit"), ("POST", "/drain_listeners"), ("POST", "/logging?level=trace"),
+                         ("GET", "/config_dump"), ("GET", "/ready"), ("GET", "/stats")]:
+        assert http_status(mesh.host_b, method, "http://%s:15090%s" % (ADDR_A, path)) == "404", (method, path)
+
+    # Envoy kept running, undrained: the same epoch and process, LIVE, and it still carries traffic.
+    time.sleep(1.0)
+    assert sidecar.process.poll() is None
+    assert sidecar.state()["serving_epoch"] == 0 and sidecar.state()["envoy_pids"]["0"] == envoy_pid
+    os.kill(envoy_pid, 0)
+    assert json.loads(sidecar.admin("/server_info"))["state"] == "LIVE"
+    assert mesh.client(3)["failed"] == 0
+
+    # A hot restart: the new epoch binds the socket again once the old one has shut its admin down;
+    # the supervisor finds it LIVE over the socket, and the new socket is as private.
+    reloaded = sidecar.reload()
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert sidecar.state()["serving_epoch"] == 1
+    info = json.loads(sidecar.admin("/server_info"))
+    assert (info["state"], int(info["command_line_options"]["restart_epoch"])) == ("LIVE", 1)
+    assert_admin_socket_private(sidecar)
+    assert admin_requests_as(local_user, mesh.host_a, sidecar.admin_socket) == denied
+    assert "envoy_listener_downstream_cx_total" in mesh.host_b.run(
+        ["curl", "-sS", "--max-time", "5", "http://%s:15090/stats/prometheus" % ADDR_A]).stdout
 
 
 def test_hot_restart_drops_no_connection(mesh_factory):
@@ -437,10 +560,9 @@ def test_hot_restart_drops_no_connection(mesh_factory):
     thread.start()
     time.sleep(1.0)
     # A configuration change: a new outbound destination chain on A, a Prometheus listener on B.
-    render(mesh.roots[mesh.host_a.name], envoy_sidecar_bypass="uid",
-           envoy_sidecar_outbound_destinations=[{"name": "b_workload", "port": WORKLOAD_PORT, "cidrs": [ADDR_B + "/32"]},
-                                                {"name": "other", "port": 9999}])
-    render(mesh.roots[mesh.host_b.name], envoy_sidecar_bypass="uid", envoy_sidecar_prometheus_port=15090)
+    mesh.rerender(mesh.host_a, envoy_sidecar_outbound_destinations=[
+        {"name": "b_workload", "port": WORKLOAD_PORT, "cidrs": [ADDR_B + "/32"]}, {"name": "other", "port": 9999}])
+    mesh.rerender(mesh.host_b, envoy_sidecar_prometheus_port=15090)
     for epoch in (1, 2):
         for sidecar in mesh.sidecars:
             reloaded = sidecar.reload()
@@ -475,7 +597,7 @@ def test_failed_reload_keeps_the_old_epoch(mesh_factory):
     mesh.start()
     blocker = mesh.host_a.popen(["python3", "-c", WORKLOAD, "15090"])
     wait_listening(mesh.host_a, 15090)
-    render(mesh.roots[mesh.host_a.name], envoy_sidecar_bypass="uid", envoy_sidecar_prometheus_port=15090)
+    mesh.rerender(mesh.host_a, envoy_sidecar_prometheus_port=15090)
     reloaded = mesh.sidecar_a.reload()
     assert reloaded.returncode == 1, reloaded.stderr
     assert "keeps serving" in reloaded.stderr
@@ -504,7 +626,11 @@ def test_argument_checks_fail_before_changing_anything(workdir):
     cases = [
         ({"envoy_sidecar_install_method": "url", "envoy_sidecar_url": "http://127.0.0.1:1/envoy"}, "envoy_sidecar_sha256"),
         ({"envoy_sidecar_bypass": "mark", "envoy_sidecar_mark": "0xZZ"}, "envoy_sidecar_mark"),
-        ({"envoy_sidecar_admin_port": 15001}, "must be distinct ports"),
+        ({"envoy_sidecar_prometheus_port": 15001}, "must be distinct ports"),
+        ({"envoy_sidecar_admin_port": 15000}, "envoy_sidecar_admin_port is set (15000) but was removed"),
+        ({"envoy_sidecar_admin_socket": "run/admin.sock"}, "envoy_sidecar_admin_socket must be an absolute file path"),
+        ({"envoy_sidecar_admin_socket": "/run/hostmesh-envoy/../admin.sock"}, "without . or .. components"),
+        ({"envoy_sidecar_admin_socket": "/run/" + "a" * 103}, "(108 bytes)"),
         ({"envoy_sidecar_bypass": "tproxy"}, "envoy_sidecar_bypass"),
         ({"envoy_sidecar_user": "hostmesh-no-such-user"}, "does not exist"),
         ({"envoy_sidecar_version": "1.39.0"}, "--version says 1.40.0"),
@@ -538,6 +664,27 @@ def test_unit_is_hardened(workdir, mode, ceiling):
     found = re.search(r"Overall exposure level for hostmesh-envoy.service: ([0-9.]+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     assert float(found.group(1)) <= ceiling, proc.stdout
+
+
+def test_admin_socket_in_the_bootstrap_and_the_unit(workdir):
+    """The bootstrap's admin is a pipe of mode 0600, the Prometheus cluster reaches it; no admin port is left."""
+    root = workdir / "root"
+    render(root, envoy_sidecar_prometheus_port=15090, envoy_sidecar_admin_socket="/run/hostmesh-envoy/admin.sock")
+    bootstrap = yaml.safe_load(config_path(root).read_text())
+    assert bootstrap["admin"]["address"] == {"pipe": {"path": "/run/hostmesh-envoy/admin.sock", "mode": 0o600}}
+    admin_cluster = [cluster for cluster in bootstrap["static_resources"]["clusters"] if cluster["name"] == "admin"][0]
+    endpoint = admin_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": "/run/hostmesh-envoy/admin.sock"}}
+    assert "15000" not in config_path(root).read_text()
+    directives = unit_directives(unit_path(root).read_text())
+    assert "--admin-socket /run/hostmesh-envoy/admin.sock " in directives["ExecStart"][0]
+    assert directives["RuntimeDirectory"] == ["hostmesh-envoy"] and directives["RuntimeDirectoryMode"] == ["0750"]
+    assert "ReadWritePaths" not in directives
+    # Elsewhere, the hardened unit (ProtectSystem=strict) must let Envoy create it.
+    render(root, envoy_sidecar_admin_socket="/run/envoy-admin/admin.sock")
+    directives = unit_directives(unit_path(root).read_text())
+    assert "--admin-socket /run/envoy-admin/admin.sock " in directives["ExecStart"][0]
+    assert directives["ReadWritePaths"] == ["-/run/envoy-admin"]
 
 
 def test_install_methods_and_removal(netns, workdir):
@@ -603,19 +750,20 @@ def verify_play():
 
 
 def test_verify_entry_point(mesh_factory):
-    """verify passes against a serving sidecar, and fails naming the admin URL once Envoy is gone."""
+    """verify passes against a serving sidecar, and fails naming the admin socket once Envoy is gone."""
     mesh = mesh_factory("uid")
     mesh.start()
-    check = {"envoy_sidecar_manage_service": False}
+    socket_path = str(mesh.sidecar_a.admin_socket)
+    check = {"envoy_sidecar_manage_service": False, "envoy_sidecar_admin_socket": socket_path}
     served = harness.run_playbook(verify_play(), netns=mesh.host_a, check=True, extra_vars=check)
     assert served.rc == 0, served.output
-    noted = served.task("hostmesh.sidecar.envoy_sidecar : Note the admin address the sidecar answers on")
-    assert noted["ansible_facts"]["__envoy_sidecar_verify_admin_url"] == "http://127.0.0.1:15000"
+    noted = served.task("hostmesh.sidecar.envoy_sidecar : Note the admin socket the sidecar answers on")
+    assert noted["ansible_facts"]["__envoy_sidecar_verify_admin_socket"] == socket_path
     assert served.task("hostmesh.sidecar.envoy_sidecar : Ask Envoy whether it is ready")["content"].strip() == "LIVE"
     mesh.sidecar_a.stop()
     stopped = harness.run_playbook(verify_play(), netns=mesh.host_a, extra_vars=check)
     assert stopped.rc != 0
-    assert "does not serve: GET http://127.0.0.1:15000/ready" in stopped.stdout, stopped.output
+    assert "does not serve: GET /ready on %s answered" % socket_path in stopped.stdout, stopped.output
 
 
 def test_version_is_read_and_only_a_pin_checked(workdir):

@@ -15,7 +15,9 @@ epoch fails, the old one keeps serving. If the serving Envoy dies (crash, ``kill
 supervisor stops everything and exits non-zero so that systemd's ``Restart=always`` starts a clean
 epoch 0. It tells systemd (``Type=notify``) that the service is ready only once Envoy's admin
 interface reports the serving epoch LIVE, and records its state in a small JSON file that
-``reload`` waits on.
+``reload`` waits on. The admin interface is a Unix socket (``run --admin-socket PATH``, the
+bootstrap's ``admin.address.pipe``) that only root and the proxy user can connect to; the
+supervisor runs as the proxy user and speaks HTTP/1.1 over it.
 
 Before starting Envoy, ``run --join-cgroup DIR`` moves the supervisor itself into the net_cls
 cgroup DIR (so every Envoy epoch it forks is in it) and refuses to start if that fails: Envoy
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import select
@@ -36,8 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 PROG = "hostmesh-envoy-restarter"
 
@@ -64,13 +65,44 @@ def sd_notify(message):
         sock.close()
 
 
-def admin_server_info(admin_address, timeout=1.0):
-    """Return Envoy's /server_info as a dict, or None while the admin interface does not answer."""
-    url = "http://%s/server_info" % admin_address
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection to a server on a Unix stream socket, such as Envoy's admin interface."""
+
+    def __init__(self, socket_path, timeout):
+        # The host only fills the Host header; Envoy's admin interface ignores it.
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_get(admin_socket, path, timeout=1.0):
+    """GET ``path`` from Envoy's admin interface on the Unix socket ``admin_socket``: (status, body bytes)."""
+    connection = UnixHTTPConnection(admin_socket, timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec - loopback admin
-            return json.loads(response.read().decode("utf-8"))
-    except (OSError, ValueError, urllib.error.URLError):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def admin_server_info(admin_socket, timeout=1.0):
+    """Return Envoy's /server_info as a dict, or None while the admin interface does not answer."""
+    try:
+        status, body = admin_get(admin_socket, "/server_info", timeout)
+        if status != 200:
+            return None
+        return json.loads(body.decode("utf-8"))
+    except (OSError, ValueError, http.client.HTTPException):
         return None
 
 
@@ -237,9 +269,9 @@ def join_cgroup(directory):
 class Supervisor:
     """Runs Envoy epochs, one serving, at most one starting, any number draining."""
 
-    def __init__(self, envoy_argv, admin_address, state_file, ready_timeout, stop_timeout):
+    def __init__(self, envoy_argv, admin_socket, state_file, ready_timeout, stop_timeout):
         self.envoy_argv = envoy_argv
-        self.admin_address = admin_address
+        self.admin_socket = admin_socket
         self.state_file = state_file
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -284,7 +316,7 @@ class Supervisor:
     def check_pending(self):
         if self.pending is None:
             return
-        if server_epoch_live(admin_server_info(self.admin_address)) == self.pending:
+        if server_epoch_live(admin_server_info(self.admin_socket)) == self.pending:
             self.serving = self.pending
             self.pending = None
             log("Envoy epoch %d is live" % self.serving)
@@ -402,7 +434,7 @@ def command_run(args):
             log("cannot join cgroup %s: %s; refusing to start Envoy outside it" % (args.join_cgroup, exc))
             return 1
         log("joined cgroup %s" % args.join_cgroup)
-    supervisor = Supervisor(envoy_argv, args.admin_address, args.state_file, args.ready_timeout, args.stop_timeout)
+    supervisor = Supervisor(envoy_argv, args.admin_socket, args.state_file, args.ready_timeout, args.stop_timeout)
     try:
         return supervisor.run()
     except SystemExit as exc:
@@ -457,7 +489,8 @@ def build_parser():
     commands.required = True
 
     run = commands.add_parser("run", help="supervise Envoy with hot restart on SIGHUP")
-    run.add_argument("--admin-address", required=True, help="Envoy admin HOST:PORT (loopback)")
+    run.add_argument("--admin-socket", required=True,
+                     help="Unix socket of Envoy's admin interface (the bootstrap's admin.address.pipe.path)")
     run.add_argument("--state-file", required=True, help="JSON state file read by the reload command")
     run.add_argument("--join-cgroup", help="cgroup directory (net_cls) to join before starting Envoy")
     run.add_argument("--ready-timeout", type=float, default=60.0, help="seconds a new epoch may take to be LIVE")

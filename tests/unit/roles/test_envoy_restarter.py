@@ -9,10 +9,14 @@ epochs, hot restarts and kill -9 are in tests/integration/test_envoy_config.py.
 """
 
 import hashlib
+import http.server
 import importlib.util
 import json
 import pathlib
 import signal
+import socket
+import socketserver
+import threading
 
 import pytest
 
@@ -64,7 +68,7 @@ def _no_systemd(monkeypatch):
 
 @pytest.fixture
 def supervisor(tmp_path):
-    return restarter.Supervisor(ENVOY, "127.0.0.1:15000", str(tmp_path / "restarter.json"),
+    return restarter.Supervisor(ENVOY, "/run/hostmesh-envoy/admin.sock", str(tmp_path / "restarter.json"),
                                 ready_timeout=60.0, stop_timeout=1.0)
 
 
@@ -151,8 +155,9 @@ def test_reload_progress(state, progress):
 
 def test_parser_keeps_the_command_lines():
     args = restarter.build_parser().parse_args(
-        ["run", "--admin-address", "127.0.0.1:15000", "--state-file", "/run/x.json", "--join-cgroup", "/cg", "--"] + ENVOY)
+        ["run", "--admin-socket", "/run/a.sock", "--state-file", "/run/x.json", "--join-cgroup", "/cg", "--"] + ENVOY)
     assert args.func is restarter.command_run
+    assert args.admin_socket == "/run/a.sock"
     assert args.join_cgroup == "/cg" and args.ready_timeout == 60.0 and args.stop_timeout == 20.0
     assert restarter.envoy_command(args.envoy_argv) == ENVOY
     args = restarter.build_parser().parse_args(["reload", "--pid", "42", "--state-file", "/run/x.json"])
@@ -164,7 +169,7 @@ def test_parser_keeps_the_command_lines():
 
 
 def test_run_refuses_a_bad_envoy_command(tmp_path):
-    assert restarter.main(["run", "--admin-address", "127.0.0.1:1", "--state-file", str(tmp_path / "s"), "--"]) == 2
+    assert restarter.main(["run", "--admin-socket", str(tmp_path / "a.sock"), "--state-file", str(tmp_path / "s"), "--"]) == 2
     assert not (tmp_path / "s").exists()
 
 
@@ -174,6 +179,77 @@ def test_reload_without_a_serving_supervisor_fails_before_signalling(tmp_path):
     state_file.write_text(json.dumps({"pid": 999999999, "serving_epoch": 0}))
     # Another supervisor's state: pid 1 is never signalled.
     assert restarter.main(["reload", "--pid", "1", "--state-file", str(state_file)]) == 1
+
+
+# --- the admin interface on a Unix socket ----------------------------------------------------------
+
+class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An HTTP server on a Unix socket answering every GET with ``answer`` (status, body); records the paths."""
+
+    daemon_threads = True
+
+    def __init__(self, path, answer):
+        self.answer = answer
+        self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                server = self.server
+                server.paths.append(self.path)
+                status, body = server.answer
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # a Unix peer has no address to log
+                pass
+
+        super().__init__(str(path), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def fake_admin(tmp_path):
+    servers = []
+
+    def make(answer):
+        server = FakeAdmin(tmp_path / "admin.sock", answer)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_admin_server_info_speaks_http_over_the_unix_socket(fake_admin, tmp_path):
+    info = {"state": "LIVE", "command_line_options": {"restart_epoch": 3}}
+    admin = fake_admin((200, json.dumps(info).encode()))
+    assert restarter.admin_server_info(str(tmp_path / "admin.sock")) == info
+    assert admin.paths == ["/server_info"]
+    assert restarter.admin_get(str(tmp_path / "admin.sock"), "/ready") == (200, json.dumps(info).encode())
+
+
+@pytest.mark.parametrize("answer", [(503, b'{"state": "LIVE"}'), (200, b"not json"), (200, b"")])
+def test_admin_server_info_is_none_unless_a_json_200(fake_admin, tmp_path, answer):
+    fake_admin(answer)
+    assert restarter.admin_server_info(str(tmp_path / "admin.sock")) is None
+
+
+def test_admin_server_info_is_none_without_a_listener(tmp_path):
+    assert restarter.admin_server_info(str(tmp_path / "missing.sock")) is None
+    # A socket file nobody listens on any more (an Envoy that exited): connection refused.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "stale.sock"))
+    stale.close()
+    assert restarter.admin_server_info(str(tmp_path / "stale.sock")) is None
 
 
 # --- state file ---------------------------------------------------------------------------------
