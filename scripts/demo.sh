@@ -108,7 +108,7 @@ print_keep_hint() {
     cat <<EOF
   a shell on a host:    python3 tests/lab/hostmesh_lab.py shell --lab $LAB alpha
   a request from alpha: python3 tests/lab/hostmesh_lab.py shell --lab $LAB alpha curl -s http://bravo:$WORKLOAD_PORT/
-  Envoy's counters:     python3 tests/lab/hostmesh_lab.py shell --lab $LAB alpha curl -s 127.0.0.1:15000/stats
+  Envoy's counters:     python3 tests/lab/hostmesh_lab.py shell --lab $LAB alpha curl -s --unix-socket /run/hostmesh-envoy/admin.sock http://localhost/stats
   Ansible:              . $CONTROLLER_DIR/ansible.env   (inventory, collection path, pipelining)
                         .venv/bin/ansible-playbook playbooks/verify.yml
   remove it:            ./scripts/demo.sh --down

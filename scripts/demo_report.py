@@ -32,15 +32,33 @@ IN_OTHER = "tcp.inbound_passthrough.downstream_cx_total"
 UP_OUT = "cluster.outbound_passthrough.upstream_cx_total"
 UP_IN = "cluster.inbound_passthrough.upstream_cx_total"
 STATS_FILTER = r"^(tcp\.|cluster\.(outbound|inbound)_passthrough\.)"
+# Envoy's admin interface: a Unix socket that only root and the proxy user can open.
+ADMIN_SOCKET = "/run/hostmesh-envoy/admin.sock"
 
-# Runs on a host: the calls of the job, then a read of the local Envoy's admin interface.
+# Runs on a host (as root): the calls of the job, then a read of the local Envoy's admin interface.
 REMOTE = r'''
-import json, sys, urllib.parse, urllib.request
+import http.client, json, socket, sys, urllib.parse, urllib.request
 job = json.loads(sys.argv[1])
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def get(url):
     with opener.open(url, timeout=10) as response:
         return response.read().decode()
+class AdminConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(job["admin_socket"])
+def admin(path):
+    connection = AdminConnection("localhost", timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode()
+        if response.status != 200:
+            raise OSError("admin %s answered %d: %s" % (path, response.status, body[:200]))
+        return body
+    finally:
+        connection.close()
 out = {"calls": []}
 for call in job["calls"]:
     try:
@@ -48,10 +66,9 @@ for call in job["calls"]:
         out["calls"].append(dict(call, ok=True, host=body["host"], peer=body["peer"]))
     except Exception as exc:  # reported, not raised: the table shows which call failed
         out["calls"].append(dict(call, ok=False, error=str(exc)))
-admin = "http://127.0.0.1:15000"
-out["ready"] = get(admin + "/ready").strip()
-out["stats"] = get(admin + "/stats?filter=" + urllib.parse.quote(job["stats_filter"]))
-out["clusters"] = get(admin + "/clusters")
+out["ready"] = admin("/ready").strip()
+out["stats"] = admin("/stats?filter=" + urllib.parse.quote(job["stats_filter"]))
+out["clusters"] = admin("/clusters")
 print(json.dumps(out))
 '''
 
@@ -134,7 +151,7 @@ class Report:
             "",
             f"What the sidecars saw: each host called every other host's :{port} {self.calls_per_pair} times "
             f"({self.peers_in * self.calls_per_pair} calls) and the next host's :{excluded} once (an excluded port).",
-            "Counters are the change of each host's Envoy stats (admin 127.0.0.1:15000) over these calls:",
+            f"Counters are the change of each host's Envoy stats (admin socket {ADMIN_SOCKET}) over these calls:",
             "  outbound  connections the outbound listener took from this host's workload (tcp.outbound_passthrough)",
             "  upstream  connections the outbound sidecar opened to their destinations (not captured again: no loop)",
             f"  inbound   connections the inbound listener took for the workload's :{port}, and for any other port",
@@ -201,12 +218,17 @@ class Report:
         ]
 
 
+def remote_job(calls: list, admin_socket: str = ADMIN_SOCKET) -> str:
+    """The argument of REMOTE: the calls to make, and where and what to read from the admin interface."""
+    return json.dumps({"calls": calls, "stats_filter": STATS_FILTER, "admin_socket": admin_socket})
+
+
 def on_host(state: dict, host: str, calls: list) -> dict:
     """Run the calls on the host over SSH and read its Envoy's admin interface right after them."""
     argv = [state["ssh_wrappers"]["ssh"], "-i", state["key"], "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"root@{state['hosts'][host]['address']}",
-            "python3 - " + shlex.quote(json.dumps({"calls": calls, "stats_filter": STATS_FILTER}))]
+            "python3 - " + shlex.quote(remote_job(calls))]
     proc = subprocess.run(argv, input=REMOTE, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         sys.exit(f"[demo] {host}: the request run failed ({proc.returncode}): {proc.stderr.strip()}")

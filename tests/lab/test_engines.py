@@ -202,7 +202,7 @@ def ssh(address: str, *command: str) -> str:
 
 
 def envoy_tcp_stats(address: str) -> str:
-    return ssh(address, "curl", "-sf", "http://127.0.0.1:15000/stats?filter=^tcp\\.")
+    return ssh(address, "curl", "-sf", "--unix-socket", "/run/hostmesh-envoy/admin.sock", "http://localhost/stats?filter=^tcp\\.")
 
 
 def test_job_slices_then_a_fresh_node_converge_the_same_fleet(fleet, tarball, tmp_path, lab_timings):

@@ -8,14 +8,16 @@ the Envoy binary's checksums and the binary's inode, Envoy's /ready answer, and 
 snapshot directory is left."""
 
 import hashlib
+import http.client
 import json
 import os
-import urllib.request
+import socket
 
 BINARY = "/usr/local/bin/envoy"
 BOOTSTRAP = "/etc/hostmesh/envoy/envoy.yaml"
 SUPERVISOR_STATE = "/run/hostmesh-envoy/restarter.json"
 SNAPSHOT_DIR = "/etc/hostmesh/envoy/.rollout-snapshot"
+ADMIN_SOCKET = "/run/hostmesh-envoy/admin.sock"
 
 
 def sha1(path):
@@ -26,12 +28,27 @@ def sha1(path):
     return digest.hexdigest()
 
 
+class AdminConnection(http.client.HTTPConnection):
+    """HTTP to Envoy's admin interface, a Unix socket (root and the proxy user only)."""
+
+    def __init__(self):
+        super().__init__("localhost", timeout=5)
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(ADMIN_SOCKET)
+
+
 def ready():
+    connection = AdminConnection()
     try:
-        with urllib.request.urlopen("http://127.0.0.1:15000/ready", timeout=5) as response:  # nosec - loopback
-            return response.read().decode().strip()
-    except OSError as exc:
+        connection.request("GET", "/ready")
+        return connection.getresponse().read().decode().strip()
+    except (OSError, http.client.HTTPException) as exc:
         return "no answer: %s" % exc
+    finally:
+        connection.close()
 
 
 with open(SUPERVISOR_STATE, "r", encoding="utf-8") as handle:

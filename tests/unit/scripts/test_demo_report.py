@@ -7,8 +7,13 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import socketserver
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -81,6 +86,50 @@ def test_report_names_what_failed():
     assert [passed for _text, passed in _readings(outbound=5).checks()] == [True, True, False, True, True, True]
     assert [passed for _text, passed in _readings(peer="10.0.0.11").checks()][1] is False
     assert "FAIL every call was answered" in _readings(answered_by="alpha").text()
+
+
+class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Envoy's admin interface on a Unix socket, as far as the demo reads it; records the paths asked."""
+
+    daemon_threads = True
+    pages = {"/ready": "LIVE\n", "/clusters": f"outbound_passthrough::10.0.0.12:{PORT}::cx_total::2\n"}
+
+    def __init__(self, path):
+        self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                self.server.paths.append(self.path)
+                body = FakeAdmin.pages.get(self.path.split("?")[0], "tcp.outbound_passthrough.downstream_cx_total: 7\n")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):  # a Unix peer has no address to log
+                pass
+
+        super().__init__(str(path), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_remote_reads_the_admin_interface_on_its_unix_socket(tmp_path):
+    """The script each host runs, against an admin socket: no TCP admin is asked."""
+    admin = FakeAdmin(tmp_path / "admin.sock")
+    try:
+        proc = subprocess.run([sys.executable, "-", demo_report.remote_job([], str(tmp_path / "admin.sock"))],
+                              input=demo_report.REMOTE, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        admin.shutdown()
+        admin.server_close()
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ready"] == "LIVE" and out["calls"] == []
+    assert out["stats"] == "tcp.outbound_passthrough.downstream_cx_total: 7\n"
+    assert demo_report.passthrough_destinations(out["clusters"]) == {f"10.0.0.12:{PORT}": 2}
+    assert admin.paths[0] == "/ready" and admin.paths[2] == "/clusters"
+    assert admin.paths[1].startswith("/stats?filter=%5E%28tcp")
+    assert json.loads(demo_report.remote_job([]))["admin_socket"] == "/run/hostmesh-envoy/admin.sock"
 
 
 def test_link_checkout_links_and_relinks(tmp_path):
