@@ -10,7 +10,10 @@ any network: the collection tarball is built as docs/awx.md says, `ansible-build
 writes the build context, then the context's own steps run here: the galaxy stage's
 `ansible-galaxy collection install -r requirements.yml` (from the context's _build directory,
 as in the Containerfile) and the builder stage's introspection of the installed collection,
-which must come out with exactly the collection's declared needs.
+which must come out with exactly the collection's declared needs and those of its dependency
+community.crypto. Galaxy's part, providing community.crypto, is played by the copy
+./scripts/setup.sh extracts from PyPI's `ansible` package, put into the stage's collections path
+beforehand (ansible-galaxy takes an installed collection that satisfies a dependency as it is).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ EE_FILE = ROOT / "execution-environment.yml"
 COLLECTION_EE_FILE = ROOT / "meta" / "execution-environment.yml"
 # Plugin types that run on the managed hosts: their imports are the hosts' business, not the EE's.
 HOST_SIDE_PLUGIN_DIRS = {"modules"}
+# galaxy.yml's dependencies, as ./scripts/setup.sh caches them.
+CACHED_DEPENDENCIES = {"community.crypto": ROOT / ".cache" / "collections" / "ansible_collections" / "community" / "crypto"}
 NOT_NEEDED_IN_AN_EE = ("molecule", "pytest", "pytest-testinfra", "ansible-lint", "yamllint",
                        "antsibull-changelog", "ansible-builder")
 
@@ -93,6 +98,12 @@ def installed(build):
     stage = build["work"] / "galaxy-stage"
     shutil.copytree(build["context"] / "_build", stage / "build")
     collections = stage / "usr-share-ansible" / "collections"
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text(encoding="utf-8"))
+    assert set(galaxy["dependencies"]) == set(CACHED_DEPENDENCIES)
+    for name, cached in CACHED_DEPENDENCIES.items():
+        if not (cached / "MANIFEST.json").is_file():
+            pytest.fail(f"{name} is not in {cached}: run ./scripts/setup.sh")
+        shutil.copytree(cached, collections / "ansible_collections" / name.replace(".", "/"))
     proc = offline([harness.venv_tool("ansible-galaxy"), "collection", "install", "-r", "requirements.yml",
                     "--collections-path", str(collections)],
                    cwd=stage / "build",
@@ -172,6 +183,10 @@ def test_tarball_carries_the_ee_metadata_not_the_checkout_build_file(build, coll
 
 
 def test_galaxy_stage_installs_the_collection_offline(installed, collection_ee):
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text(encoding="utf-8"))
+    for name, wanted in galaxy["dependencies"].items():
+        manifest = json.loads((installed / "ansible_collections" / name.replace(".", "/") / "MANIFEST.json").read_text())
+        assert Version(manifest["collection_info"]["version"]) in SpecifierSet(wanted), name
     collection = installed / "ansible_collections" / "hostmesh" / "sidecar"
     assert (collection / "MANIFEST.json").is_file()
     assert (collection / "playbooks" / "site.yml").is_file()
@@ -180,16 +195,23 @@ def test_galaxy_stage_installs_the_collection_offline(installed, collection_ee):
 
 
 def test_builder_stage_finds_exactly_the_collection_needs(introspected):
-    # System: the declared bindep lines, for the EE's RPM base image as for a Debian one.
+    # System: the declared bindep lines and community.crypto's, for the EE's RPM base image as for a
+    # Debian one (community.crypto brings python3-cryptography, which the controller's signing needs).
+    crypto = CACHED_DEPENDENCIES["community.crypto"]
     declared_bindep = requirement_lines(ROOT / "meta" / "bindep.txt")
-    assert introspected["bindep"] == declared_bindep
+    crypto_bindep = requirement_lines(crypto / "meta" / "ee-bindep.txt")
+    assert sorted(set(introspected["bindep"])) == sorted(set(declared_bindep + crypto_bindep))
     rules = Depends("\n".join(introspected["bindep"]) + "\n")
-    assert [rule[0] for rule in rules.active_rules(["platform:rpm", "platform:redhat"])] == ["openssh-clients"]
-    assert [rule[0] for rule in rules.active_rules(["platform:dpkg", "platform:debian"])] == ["openssh-client"]
+    rpm = {rule[0] for rule in rules.active_rules(["platform:rpm", "platform:redhat"])}
+    dpkg = {rule[0] for rule in rules.active_rules(["platform:dpkg", "platform:debian"])}
+    assert {"openssh-clients", "python3-cryptography"} <= rpm and {"openssh-client", "python3-cryptography"} <= dpkg
     # Python: the collection needs nothing beyond ansible-core, which the EE installs itself and
-    # introspection leaves out; the development requirements (requirements.txt, also in the
-    # tarball) must not leak in (they would without meta/execution-environment.yml).
+    # introspection leaves out, and community.crypto's own needs; the development requirements
+    # (requirements.txt, also in the tarball) must not leak in (they would without
+    # meta/execution-environment.yml).
     assert requirement_lines(ROOT / "meta" / "ee-requirements.txt") == ["ansible-core>=2.16"]
+    # community.crypto's one Python need, PyYAML, comes with ansible-core: left out too.
+    assert requirement_lines(crypto / "meta" / "ee-requirements.txt") == ["PyYAML"]
     assert introspected["pip"] == []
     python_report = introspected["report"]["python"]
     assert not any(name in str(python_report) for name in NOT_NEEDED_IN_AN_EE), python_report
@@ -236,7 +258,11 @@ def test_controller_side_plugins_import_nothing_undeclared():
     library, Ansible, this collection, or a package in meta/ee-requirements.txt."""
     declared = {Requirement(line).name.replace("-", "_").lower()
                 for line in requirement_lines(ROOT / "meta" / "ee-requirements.txt")}
-    allowed = set(sys.stdlib_module_names) | {"ansible", "ansible_collections"} | declared
+    # cryptography: community.crypto (galaxy.yml's dependency) installs it in an EE (its meta/ee-bindep.txt).
+    provided = {"cryptography"}
+    assert "python3-cryptography [platform:rpm]" in requirement_lines(
+        CACHED_DEPENDENCIES["community.crypto"] / "meta" / "ee-bindep.txt")
+    allowed = set(sys.stdlib_module_names) | {"ansible", "ansible_collections"} | declared | provided
     scanned = []
     for path in sorted((ROOT / "plugins").rglob("*.py")):
         if path.relative_to(ROOT / "plugins").parts[0] in HOST_SIDE_PLUGIN_DIRS:
