@@ -14,6 +14,8 @@ bootstrap whose mTLS listener takes its certificate and trust bundle from the ro
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import grp
 import hashlib
 import os
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import harness
 
@@ -37,11 +40,15 @@ ID = "spiffe://hostmesh.local/host/localhost"
 GROUP = "nogroup"
 ROLE_PLAY = [{"name": "mesh identity", "hosts": "localhost", "gather_facts": False,
               "roles": [{"role": "hostmesh.sidecar.mesh_identity"}]}]
+# The probe as site.yml runs it, then the role's verify entry point (its failure rescued, to be read).
 PROBE_PLAY = [{"name": "probe", "hosts": "localhost", "gather_facts": False, "tasks": [
     {"name": "Make the manifest visible",
      "ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity", "tasks_from": "probe",
                                       "public": True, "rolespec_validate": False}},
-    {"name": "Probe", "hostmesh.sidecar.sidecar_probe": {"manifests": ["{{ __mesh_identity_probe }}"]}}]}]
+    {"name": "Probe", "hostmesh.sidecar.sidecar_probe": {"manifests": ["{{ __mesh_identity_probe }}"]}},
+    {"block": [{"name": "Verify", "ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity",
+                                                                    "tasks_from": "verify"}}],
+     "rescue": [{"name": "Verify failed", "ansible.builtin.debug": {"msg": "rescued"}}]}]}]
 
 
 @pytest.fixture(scope="module")
@@ -189,24 +196,33 @@ def test_probe_sees_a_converged_identity_and_its_drift(controller, issued, host_
     result = converge(controller, host_dirs, playbook=PROBE_PLAY)
     assert result.rc == 0, result.output
     assert result.task("Probe")["converged"], result.task("Probe")["drift"]
-    # Inside the renewal window (the 7 days left, of a window of 8 days), and a key made world-readable.
-    os.chmod(host_dirs / "mesh" / "certs" / "current" / "key.pem", 0o444)
+    verified = result.task("Judge the certificate")
+    assert verified["hostmesh_status"] == "ok" and f"mesh certificate {ID} valid, 7.0 days left" in verified["msg"], verified
+    # Inside the renewal window (the 7 days left, of a window of 8 days), a key made world-readable, and then
+    # replaced by one that is not the certificate's: each is drift, and verify fails on the key.
+    key_path = host_dirs / "mesh" / "certs" / "current" / "key.pem"
+    key_path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(key_path, 0o444)
     result = converge(controller, host_dirs, playbook=PROBE_PLAY, hostmesh_mesh_cert_lifetime="9d",
                       hostmesh_mesh_cert_renew_before="8d")
     probe = result.task("Probe")
     assert not probe["converged"]
+    where = f"certificate {host_dirs}/mesh/certs/current/cert.pem"
     msgs = [item["msg"] for item in probe["drift"]]
-    assert any(re.search(r"certificates? .*/certs/current/cert.pem: renewal due: 7\.0 days left, renewed with less than 8\.0$", msg) for msg in msgs), msgs
-    assert f"file {host_dirs}/mesh/certs/current/key.pem: mode 0444 (want 0440)" in msgs, msgs
+    assert sorted(msgs) == sorted([f"{where}: does not belong to the key {key_path}",
+                                   f"{where}: renewal due: 7.0 days left, renewed with less than 8.0",
+                                   f"file {key_path}: mode 0444 (want 0440)"]), msgs
+    verified = result.task("Judge the certificate")
+    assert verified["hostmesh_status"] == "failed", verified
+    assert verified["msg"] == "mesh certificate of localhost: the key in certs/current does not belong to the certificate"
 
 
 def test_renewal_inside_the_window_only(controller, host_dirs):
-    # A one-hour certificate: outside a 30 minutes window it stays.
+    # A one-hour certificate (outside the window, a certificate stays: the module's second run).
     result = converge(controller, host_dirs, hostmesh_mesh_cert_lifetime="1h", hostmesh_mesh_cert_renew_before="30m")
     assert result.rc == 0, result.output
     first = current_dir(host_dirs)
-    result = converge(controller, host_dirs, hostmesh_mesh_cert_lifetime="1h", hostmesh_mesh_cert_renew_before="30m")
-    assert result.changed_tasks() == [], result.output
     # With a 2 hours window it is due: check mode previews it and changes nothing ...
     before = snapshot(host_dirs)
     preview = converge(controller, host_dirs, check=True, diff=True, hostmesh_mesh_cert_renew_before="2h")
@@ -222,10 +238,15 @@ def test_renewal_inside_the_window_only(controller, host_dirs):
     assert second != first and (host_dirs / "mesh" / "certs" / first).is_dir()
     assert round((cert_of(host_dirs).not_valid_after_utc - cert_of(host_dirs).not_valid_before_utc).total_seconds()) == 7 * 86400
     assert cert_of(host_dirs).public_key() != cert_of(host_dirs, first).public_key()
+    # rotate.yml issues anew whatever is left, and prunes the oldest directory, keeping the previous one.
+    result = converge(controller, host_dirs, playbook="playbooks/rotate.yml", hostmesh_mesh=True, hostmesh_hosts="localhost")
+    assert result.rc == 0, result.output
+    third = current_dir(host_dirs)
+    assert sorted(os.listdir(host_dirs / "mesh" / "certs")) == sorted(["current", second, third]) and third != second
 
 
-def test_bad_input_fails_clearly_and_changes_nothing(controller, issued, host_dirs, tmp_path):
-    issue(controller, host_dirs)
+def test_bad_input_fails_clearly_and_changes_nothing(controller, issued, tmp_path):
+    host_dirs = issued["host"]
     unreadable = tmp_path / "ca.pem"
     cases = [
         ({"hostmesh_mesh_ca_passphrase": "wrong"}, "cannot be read with the given hostmesh_mesh_ca_passphrase"),
@@ -244,45 +265,105 @@ def test_bad_input_fails_clearly_and_changes_nothing(controller, issued, host_di
         assert snapshot(host_dirs, controller) == before, extra
 
 
-def test_rotation_is_served_by_a_running_envoy_without_restart(controller, issued, host_dirs, netns_factory, tmp_path):
+@contextlib.contextmanager
+def running_envoy(netns, host_dirs, tmp_path):
+    """The real Envoy in the namespace, with an mTLS listener on 127.0.0.1:15443 fed by the role's SDS files
+    (behind it, the admin interface), until the block ends."""
     if not ENVOY.is_file():
         pytest.fail(f"{ENVOY} missing: run ./scripts/setup.sh")
-    issue(controller, host_dirs)
-    netns = netns_factory()
     bootstrap = tmp_path / "envoy.yaml"
     bootstrap.write_text(BOOTSTRAP.format(xds=host_dirs / "xds"))
-    log = open(tmp_path / "envoy.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
-    envoy = netns.popen([ENVOY, "-c", bootstrap, "--base-id", str(os.getpid() % 60000 + 1000), "-l", "info"],
-                        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        old_serial = wait_for_serial(netns, host_dirs, lambda serial: serial is not None, tmp_path / "envoy.log")
-        assert old_serial == cert_of(host_dirs).serial_number
+    with open(tmp_path / "envoy.log", "w", encoding="utf-8") as log:
+        envoy = netns.popen([ENVOY, "-c", bootstrap, "--base-id", str(os.getpid() % 60000 + 1000), "-l", "info"],
+                            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_serial(netns, host_dirs, lambda serial: serial is not None, tmp_path / "envoy.log")
+            yield envoy
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=10)
+
+
+def client_cert(tmp_path, ca_dir, name):
+    """A member certificate for spiffe://hostmesh.local/host/<name> signed by the CA in ca_dir, as files."""
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=PASSPHRASE.encode())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                f"spiffe://hostmesh.local/host/{name}")]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def admitted(netns, client):
+    """Whether the mTLS listener takes a request from this client certificate (Envoy's admin answers behind it)."""
+    proc = netns.run(["openssl", "s_client", "-quiet", "-connect", "127.0.0.1:15443", "-alpn", "hostmesh-mtls",
+                      "-cert", client[0], "-key", client[1]], check=False, input="GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n", timeout=10)
+    return "LIVE" in proc.stdout
+
+
+def wait_until(predicate, what, log_path, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"not within {timeout}s: {what}\n{log_path.read_text()[-3000:]}")
+
+
+def test_rotation_and_ca_rollover_under_a_running_envoy(controller, host_dirs, netns_factory, tmp_path):
+    issue(controller, host_dirs)
+    old_ca, new_ca = controller / "ca", controller / "ca-next"
+    made = converge(controller, host_dirs, playbook=[{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity", "tasks_from": "controller_ca"}}]}],
+        hostmesh_mesh_ca_dir=str(new_ca))
+    assert made.rc == 0, made.output
+    old_client, new_client = client_cert(tmp_path, old_ca, "old-client"), client_cert(tmp_path, new_ca, "new-client")
+    netns = netns_factory()
+    with running_envoy(netns, host_dirs, tmp_path) as envoy:
+        assert admitted(netns, old_client) and not admitted(netns, new_client)
+        # 1. The new CA joins the bundle everywhere; the old one still signs.
+        result = converge(controller, host_dirs, hostmesh_mesh_ca_bundle_extra=[str(new_ca / "ca.pem")])
+        assert result.rc == 0, result.output
+        assert "Issue a new key and certificate" not in " ".join(result.changed_tasks())
+        wait_until(lambda: admitted(netns, new_client), "a client of the new CA is admitted", tmp_path / "envoy.log")
+        assert admitted(netns, old_client)
+        # 2. The new CA signs: rotate.yml re-issues the certificate, switching certs/current by a rename that
+        # Envoy serves without a restart; both CAs are still trusted.
         link = host_dirs / "mesh" / "certs" / "current"
         old_inode, old_dir = os.lstat(link).st_ino, current_dir(host_dirs)
-
+        assert served_serial(netns, host_dirs) == cert_of(host_dirs).serial_number
         result = converge(controller, host_dirs, playbook="playbooks/rotate.yml", hostmesh_mesh=True,
-                          hostmesh_hosts="localhost")
+                          hostmesh_hosts="localhost", hostmesh_mesh_ca_dir=str(new_ca),
+                          hostmesh_mesh_ca_bundle_extra=[str(old_ca / "ca.pem")])
         assert result.rc == 0, result.output
+        new_ca_cert = x509.load_pem_x509_certificate((new_ca / "ca.pem").read_bytes())
+        assert new_ca_cert.subject != x509.load_pem_x509_certificate((old_ca / "ca.pem").read_bytes()).subject
+        cert_of(host_dirs).verify_directly_issued_by(new_ca_cert)
         assert os.lstat(link).st_ino != old_inode, "certs/current was not replaced by a rename"
         assert current_dir(host_dirs) != old_dir and (link.parent / old_dir / "key.pem").is_file()
-        new_serial = cert_of(host_dirs).serial_number
-        assert wait_for_serial(netns, host_dirs, lambda serial: serial == new_serial, tmp_path / "envoy.log") == new_serial
+        serial = cert_of(host_dirs).serial_number
+        wait_for_serial(netns, host_dirs, lambda found: found == serial, tmp_path / "envoy.log")
         assert envoy.poll() is None, "Envoy exited"
-        # A second rotation prunes the oldest directory, keeping the one before the current.
-        result = converge(controller, host_dirs, playbook="playbooks/rotate.yml", hostmesh_mesh=True,
-                          hostmesh_hosts="localhost")
+        assert admitted(netns, old_client) and admitted(netns, new_client)
+        # 3. The old CA leaves the bundle: its certificates are refused from then on.
+        result = converge(controller, host_dirs, hostmesh_mesh_ca_dir=str(new_ca))
         assert result.rc == 0, result.output
-        assert sorted(os.listdir(link.parent)) == sorted(["current", current_dir(host_dirs), result_previous(host_dirs, old_dir)])
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
-        log.close()
-
-
-def result_previous(host_dirs, oldest):
-    dirs = sorted(name for name in os.listdir(host_dirs / "mesh" / "certs") if name != "current")
-    assert oldest not in dirs
-    return [name for name in dirs if name != current_dir(host_dirs)][0]
+        wait_until(lambda: not admitted(netns, old_client), "a client of the old CA is refused", tmp_path / "envoy.log")
+        assert admitted(netns, new_client)
+        assert (host_dirs / "mesh" / "bundle" / "current" / "ca.pem").read_bytes().strip() == \
+            (new_ca / "ca.pem").read_bytes().strip()
+        assert envoy.poll() is None, "Envoy exited"
 
 
 def served_serial(netns, host_dirs):
@@ -309,8 +390,8 @@ def wait_for_serial(netns, host_dirs, accept, log_path, timeout=20):
     raise AssertionError(f"Envoy served serial {serial}\n{log_path.read_text()[-3000:]}")
 
 
-def test_absent_removes_the_identity_and_keeps_the_ca(controller, issued, host_dirs):
-    issue(controller, host_dirs)
+def test_absent_removes_the_identity_and_keeps_the_ca(controller, issued):
+    host_dirs = issued["host"]  # the module's last test: the host may go
     ca_before = snapshot(controller)
     result = converge(controller, host_dirs, mesh_identity_state="absent", hostmesh_mesh_ca_passphrase="")
     assert result.rc == 0, result.output
