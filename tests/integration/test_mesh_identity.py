@@ -124,16 +124,26 @@ def issue(controller, host_dirs):
 
 @pytest.fixture(scope="module")
 def issued(controller):
-    """The first run on a fresh controller and host, and a second one."""
+    """A preview (check mode), the first run on a fresh controller and host, and a second one."""
     host = tmp_dir("hmid-host-")
+    preview = converge(controller, host, check=True, diff=True)
+    previewed = {"controller": sorted(os.listdir(controller)), "host": sorted(os.listdir(host))}
     first = converge(controller, host)
     second = converge(controller, host)
-    yield {"host": host, "first": first, "second": second}
+    yield {"host": host, "preview": preview, "previewed": previewed, "first": first, "second": second}
     shutil.rmtree(host, ignore_errors=True)
 
 
 def test_ca_made_once_and_identity_issued_idempotently(controller, issued):
     first, second, host = issued["first"], issued["second"], issued["host"]
+    # The preview on a fresh controller and host changed nothing and said what would come.
+    preview = issued["preview"]
+    assert preview.rc == 0, preview.output
+    assert issued["previewed"] == {"controller": [], "host": []}
+    assert preview.task("Preview the new mesh CA")["msg"].startswith(
+        f"would make the mesh CA for hostmesh.local in {controller}/ca: an ECDSA P-256 key")
+    assert preview.task("Preview the new certificate")["msg"] == (
+        f"would issue a new certificate for {ID} (valid 7d): no certificate yet")
     assert first.rc == 0, first.output
     assert second.rc == 0, second.output
     assert second.changed_tasks() == [], second.output
