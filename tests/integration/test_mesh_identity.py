@@ -46,8 +46,8 @@ PROBE_PLAY = [{"name": "probe", "hosts": "localhost", "gather_facts": False, "ta
      "ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity", "tasks_from": "probe",
                                       "public": True, "rolespec_validate": False}},
     {"name": "Probe", "hostmesh.sidecar.sidecar_probe": {"manifests": ["{{ __mesh_identity_probe }}"]}},
-    {"block": [{"name": "Verify", "ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity",
-                                                                    "tasks_from": "verify"}}],
+    {"block": [{"name": "Verify",
+                "ansible.builtin.include_role": {"name": "hostmesh.sidecar.mesh_identity", "tasks_from": "verify"}}],
      "rescue": [{"name": "Verify failed", "ansible.builtin.debug": {"msg": "rescued"}}]}]}]
 
 
