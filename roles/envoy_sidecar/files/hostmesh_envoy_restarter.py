@@ -6,7 +6,8 @@
 
 Installed on the managed host by the hostmesh.sidecar.envoy_sidecar role and run by
 hostmesh-envoy.service as its main process (``run``), by its ExecReload= (``reload``) and by
-the role's template validation (``validate``).
+the role's template validation (``validate``; ``validate-xds`` and ``xds-status`` for a mesh
+member's file-based LDS and CDS).
 
 ``run`` starts Envoy with ``--restart-epoch 0``. On SIGHUP it starts the next epoch, which takes
 the listening sockets over from the running Envoy through Envoy's hot restart protocol, so a
@@ -483,6 +484,117 @@ def command_validate(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def xds_resources(path):
+    """The resources of a file-based xDS file (DiscoveryResponse JSON), each without its @type."""
+    with open(path, "rb") as handle:
+        response = json.load(handle)
+    if not isinstance(response, dict) or not isinstance(response.get("resources"), list):
+        raise ValueError("%s is not a DiscoveryResponse (an object with a resources list)" % path)
+    resources = []
+    for resource in response["resources"]:
+        if not isinstance(resource, dict):
+            raise ValueError("%s: a resource is not an object" % path)
+        resource = dict(resource)
+        resource.pop("@type", None)
+        resources.append(resource)
+    return resources
+
+
+def xds_validation_bootstrap(listeners, clusters):
+    """A throwaway bootstrap that serves the given LDS and CDS resources statically."""
+    return {"node": {"id": "hostmesh-validate", "cluster": "hostmesh-validate"},
+            "static_resources": {"listeners": listeners, "clusters": clusters}}
+
+
+def command_validate_xds(args):
+    """Validate file-based LDS and CDS resources with ``envoy --mode validate``.
+
+    Envoy's validate mode does not read file-based LDS or CDS (it calls a bad file OK): the same
+    resources go into a throwaway bootstrap's static_resources, which is validated instead. The
+    file being installed (Ansible's temporary copy) is validated with the installed one of the
+    other type, so listeners are checked beside the clusters they will be served with.
+    """
+    try:
+        listeners = xds_resources(args.lds) if args.lds else []
+        clusters = xds_resources(args.cds) if args.cds and os.path.exists(args.cds) else []
+    except (OSError, ValueError) as exc:
+        print("hostmesh: %s" % exc, file=sys.stderr)
+        return 1
+    workdir = tempfile.mkdtemp(prefix="hostmesh-envoy-validate-")
+    try:
+        target = os.path.join(workdir, "validate.json")
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump(xds_validation_bootstrap(listeners, clusters), handle)
+        argv = [args.envoy, "--mode", "validate", "--log-level", "error", "-c", target]
+        return subprocess.call(argv)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def xds_file_version(path):
+    with open(path, "rb") as handle:
+        return str(json.load(handle).get("version_info", ""))
+
+
+def parse_xds_stats(text):
+    """{stat: value} of Envoy's /stats lines for LDS and CDS (text readouts lose their quotes)."""
+    stats = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            stats[name.strip()] = value.strip().strip('"')
+    return stats
+
+
+def xds_serving(stats, wanted):
+    """The (type, served version, wanted version) pairs that Envoy does not serve yet."""
+    prefixes = {"lds": "listener_manager.lds", "cds": "cluster_manager.cds"}
+    return [(kind, stats.get(prefixes[kind] + ".version_text", ""), version)
+            for kind, version in sorted(wanted.items()) if stats.get(prefixes[kind] + ".version_text", "") != version]
+
+
+def command_xds_status(args):
+    """Wait until the running Envoy serves the LDS and CDS files' versions; else say why not.
+
+    Envoy takes a renamed file up by itself. An update it rejects (a conflict only the running
+    server sees) keeps the old version serving and counts update_rejected; its reason is in the
+    journal, quoted here so the play fails with it.
+    """
+    wanted = {}
+    for kind, path in (("lds", args.lds), ("cds", args.cds)):
+        if path:
+            wanted[kind] = xds_file_version(path)
+    deadline = time.monotonic() + args.timeout
+    stats = {}
+    while True:
+        try:
+            status, body = admin_get(args.admin_socket, "/stats?filter=^(listener_manager%5C.lds|cluster_manager%5C.cds)%5C.", 2.0)
+            if status == 200:
+                stats = parse_xds_stats(body.decode("utf-8", "replace"))
+        except (OSError, http.client.HTTPException):
+            pass
+        missing = xds_serving(stats, wanted)
+        if not missing:
+            print(json.dumps({"serving": wanted}))
+            return 0
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    reasons = ""
+    if args.unit:
+        journal = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "-u", args.unit, "--since", "-10min"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False).stdout
+        reasons = "\n".join([line for line in journal.splitlines() if "rejected" in line][-3:])
+    for kind, served, version in missing:
+        prefix = "listener_manager.lds" if kind == "lds" else "cluster_manager.cds"
+        print("Envoy does not serve the %s file's version %s (serving %r; %s.update_rejected=%s, update_failure=%s)"
+              % (kind.upper(), version, served, prefix, stats.get(prefix + ".update_rejected", "?"),
+                 stats.get(prefix + ".update_failure", "?")), file=sys.stderr)
+    if reasons:
+        print("Envoy said:\n" + reasons, file=sys.stderr)
+    return 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command")
@@ -508,6 +620,20 @@ def build_parser():
     validate.add_argument("--envoy", required=True, help="path of the Envoy binary")
     validate.add_argument("config", help="bootstrap file (YAML)")
     validate.set_defaults(func=command_validate)
+
+    validate_xds = commands.add_parser("validate-xds", help="validate file-based LDS/CDS resources (JSON)")
+    validate_xds.add_argument("--envoy", required=True, help="path of the Envoy binary")
+    validate_xds.add_argument("--lds", help="LDS file (DiscoveryResponse JSON)")
+    validate_xds.add_argument("--cds", help="CDS file (DiscoveryResponse JSON); ignored while it does not exist")
+    validate_xds.set_defaults(func=command_validate_xds)
+
+    xds_status = commands.add_parser("xds-status", help="wait until Envoy serves the LDS/CDS files' versions")
+    xds_status.add_argument("--admin-socket", required=True, help="Unix socket of Envoy's admin interface")
+    xds_status.add_argument("--lds", help="LDS file whose version_info Envoy must serve")
+    xds_status.add_argument("--cds", help="CDS file whose version_info Envoy must serve")
+    xds_status.add_argument("--unit", help="systemd unit whose journal holds Envoy's reasons")
+    xds_status.add_argument("--timeout", type=float, default=15.0)
+    xds_status.set_defaults(func=command_xds_status)
     return parser
 
 
