@@ -458,3 +458,41 @@ def test_policy_and_membership_changes_apply_without_restart(mesh):
     assert "lds.json" in bad.stdout and "has the same matching rules defined as" in bad.stdout, bad.stdout
     assert lds.read_bytes() == served
     assert mesh.call(ADDR["bravo"], 8080, count=3)["ok"] == 3
+
+
+def test_xds_status_reports_an_update_the_running_envoy_refused(mesh):
+    """A file Envoy validates but the running server refuses: the old version serves, xds-status says why."""
+    bravo = mesh.sidecars["bravo"]
+    xds = mesh.roots["bravo"] / "etc" / "hostmesh" / "xds"
+    restarter = mesh.roots["bravo"] / "usr" / "local" / "libexec" / "hostmesh" / "hostmesh_envoy_restarter.py"
+    status = ["/usr/bin/python3", str(restarter), "xds-status", "--admin-socket", str(mesh.admin_sockets["bravo"]),
+              "--lds", str(xds / "lds.json"), "--cds", str(xds / "cds.json"), "--timeout", "3"]
+    assert harness._run(status, check=False).returncode == 0
+
+    # The inbound listener moved to a port another process holds: Envoy's validation (which binds
+    # nothing) accepts it, the running server cannot bind it and refuses the update.
+    holder = mesh.ns["bravo"].popen(["python3", "-c", "import socket,time; s=socket.socket(); "
+                                     "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                                     "s.bind(('0.0.0.0', 15099)); s.listen(); time.sleep(600)"])
+    wait_listening(mesh.ns["bravo"], 15099)
+    served = json.loads((xds / "lds.json").read_text())
+    moved = json.loads(json.dumps(served))
+    inbound = [listener for listener in moved["resources"] if listener["name"] == "inbound"][0]
+    inbound["address"]["socket_address"]["port_value"] = 15099
+    moved["version_info"] = "moved-inbound"
+    staging = xds / ".lds.json.new"
+    staging.write_text(json.dumps(moved))
+    os.replace(staging, xds / "lds.json")
+    validate = harness._run(["/usr/bin/python3", str(restarter), "validate-xds", "--envoy", str(ENVOY),
+                             "--lds", str(xds / "lds.json")], check=False)
+    refused = harness._run(status, check=False)
+
+    assert validate.returncode == 0, validate.stderr
+    assert refused.returncode == 1
+    assert "moved-inbound" in refused.stderr and served["version_info"] in refused.stderr, refused.stderr
+    assert "update_rejected=1" in refused.stderr, refused.stderr
+    # The old listeners still serve.
+    assert mesh.call(ADDR["bravo"], 8080, count=3)["ok"] == 3
+    assert bravo.stats()["server.hot_restart_epoch"] == 0
+    holder.kill()
+    holder.wait()

@@ -349,3 +349,38 @@ def test_reload_while_starting_is_queued(supervisor):
     supervisor.pending = 1
     supervisor.request_reload()
     assert supervisor.reload_queued and supervisor.reloads == 0
+
+
+# --- file-based LDS/CDS: validation bootstrap and served versions --------------------------------
+
+def test_xds_resources_drop_the_type_urls_and_refuse_what_is_no_discovery_response(tmp_path):
+    good = tmp_path / "lds.json"
+    good.write_text(json.dumps({"version_info": "v1", "resources": [
+        {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "inbound"}]}))
+    assert restarter.xds_resources(str(good)) == [{"name": "inbound"}]
+    assert restarter.xds_validation_bootstrap([{"name": "l"}], [{"name": "c"}])["static_resources"] == {
+        "listeners": [{"name": "l"}], "clusters": [{"name": "c"}]}
+    for text in ('{"resources": {}}', '[]', '{"version_info": "v1"}', '{"resources": ["x"]}'):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ValueError):
+            restarter.xds_resources(str(bad))
+
+
+def test_xds_serving_lists_each_type_envoy_does_not_serve_yet():
+    stats = restarter.parse_xds_stats(
+        'listener_manager.lds.version_text: "abc"\n'
+        'listener_manager.lds.update_rejected: 2\n'
+        'cluster_manager.cds.version_text: "def"\n')
+    assert stats["listener_manager.lds.version_text"] == "abc"
+    assert stats["listener_manager.lds.update_rejected"] == "2"
+    assert restarter.xds_serving(stats, {"lds": "abc", "cds": "def"}) == []
+    assert restarter.xds_serving(stats, {"lds": "new", "cds": "def"}) == [("lds", "abc", "new")]
+    assert restarter.xds_serving({}, {"cds": "def"}) == [("cds", "", "def")]
+
+
+def test_validate_xds_reports_a_file_that_is_no_discovery_response(tmp_path, capsys):
+    bad = tmp_path / "lds.json"
+    bad.write_text("not json")
+    assert restarter.main(["validate-xds", "--envoy", "/nonexistent/envoy", "--lds", str(bad)]) == 1
+    assert "hostmesh:" in capsys.readouterr().err
