@@ -496,3 +496,32 @@ def test_xds_status_reports_an_update_the_running_envoy_refused(mesh):
     assert bravo.stats()["server.hot_restart_epoch"] == 0
     holder.kill()
     holder.wait()
+
+
+def test_a_broken_certificate_key_pair_keeps_the_old_certificate_and_is_reported(mesh):
+    bravo = mesh.sidecars["bravo"]
+    xds = mesh.roots["bravo"] / "etc" / "hostmesh" / "xds"
+    certificate = mesh.roots["bravo"] / "etc" / "hostmesh" / "mesh" / "certs" / "current" / "cert.pem"
+    restarter = mesh.roots["bravo"] / "usr" / "local" / "libexec" / "hostmesh" / "hostmesh_envoy_restarter.py"
+    status = ["/usr/bin/python3", str(restarter), "xds-status", "--admin-socket", str(mesh.admin_sockets["bravo"]),
+              "--lds", str(xds / "lds.json"), "--cds", str(xds / "cds.json"), "--cert", str(certificate), "--timeout", "3"]
+    assert harness._run(status, check=False).returncode == 0
+    identity = mesh_pki.spiffe_id(TRUST_DOMAIN, "bravo")
+    old_serial = json.loads(bravo.admin("/certs"))["certificates"][0]["cert_chain"][0]["serial_number"]
+
+    # A certificate with another key's private half: Envoy refuses the rotation.
+    cert_pem, _key = mesh.ca.issue(identity)
+    _cert, other_key = mesh.ca.issue(identity)
+    mesh.identities["bravo"].install(cert_pem, other_key, mesh.ca.pem)
+    deadline = time.monotonic() + 10
+    while not bravo.stats().get("sds.mesh_cert.key_rotation_failed"):
+        assert time.monotonic() < deadline, bravo.stats()
+        time.sleep(0.2)
+    refused = harness._run(status, check=False)
+
+    assert refused.returncode == 1
+    assert "does not serve the certificate" in refused.stderr and "key_rotation_failed=1" in refused.stderr, refused.stderr
+    served = {c["serial_number"] for ctx in json.loads(bravo.admin("/certs"))["certificates"] for c in ctx["cert_chain"]}
+    assert served == {old_serial}
+    # The old certificate keeps serving the mesh.
+    assert mesh.call(ADDR["bravo"], 8080, count=3)["ok"] == 3

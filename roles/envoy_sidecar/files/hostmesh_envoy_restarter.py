@@ -553,8 +553,48 @@ def xds_serving(stats, wanted):
             for kind, version in sorted(wanted.items()) if stats.get(prefixes[kind] + ".version_text", "") != version]
 
 
+def der_element(data, offset):
+    """(tag, start of content, end of content) of the DER element at ``offset``."""
+    tag, length = data[offset], data[offset + 1]
+    offset += 2
+    if length & 0x80:
+        size = length & 0x7F
+        length = int.from_bytes(data[offset:offset + size], "big")
+        offset += size
+    return tag, offset, offset + length
+
+
+def pem_serial(path):
+    """The serial number of the first certificate in a PEM file, as Envoy's /certs writes it (hex)."""
+    import base64  # pylint: disable=import-outside-toplevel
+    with open(path, encoding="ascii") as handle:
+        text = handle.read()
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in text or end not in text:
+        raise ValueError("%s holds no PEM certificate" % path)
+    der = base64.b64decode(text.split(begin, 1)[1].split(end, 1)[0])
+    # Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber INTEGER, ...
+    _tag, certificate, _end = der_element(der, 0)
+    _tag, position, _end = der_element(der, certificate)
+    tag, start, stop = der_element(der, position)
+    if tag == 0xA0:
+        tag, start, stop = der_element(der, stop)
+    if tag != 0x02:
+        raise ValueError("%s: no serial number where the certificate should have one" % path)
+    return "%x" % int.from_bytes(der[start:stop], "big")
+
+
+def served_certificate_serials(certs_json):
+    """The serial numbers of the certificates (not CAs) Envoy's /certs lists."""
+    serials = set()
+    for context in json.loads(certs_json).get("certificates") or []:
+        for certificate in context.get("cert_chain") or []:
+            serials.add(str(certificate.get("serial_number", "")).lower().lstrip("0"))
+    return serials
+
+
 def command_xds_status(args):
-    """Wait until the running Envoy serves the LDS and CDS files' versions; else say why not.
+    """Wait until the running Envoy serves the LDS and CDS files' versions (and the certificate); else say why not.
 
     Envoy takes a renamed file up by itself. An update it rejects (a conflict only the running
     server sees) keeps the old version serving and counts update_rejected; its reason is in the
@@ -564,18 +604,28 @@ def command_xds_status(args):
     for kind, path in (("lds", args.lds), ("cds", args.cds)):
         if path:
             wanted[kind] = xds_file_version(path)
+    want_serial = pem_serial(args.cert).lstrip("0") if args.cert else None
+    served_serials = set()
     deadline = time.monotonic() + args.timeout
     stats = {}
     while True:
         try:
-            status, body = admin_get(args.admin_socket, "/stats?filter=^(listener_manager%5C.lds|cluster_manager%5C.cds)%5C.", 2.0)
+            status, body = admin_get(args.admin_socket, "/stats?filter=^(listener_manager%5C.lds%5C.|cluster_manager%5C.cds%5C.|sds%5C.)", 2.0)
             if status == 200:
                 stats = parse_xds_stats(body.decode("utf-8", "replace"))
         except (OSError, http.client.HTTPException):
             pass
+        if want_serial:
+            try:
+                status, body = admin_get(args.admin_socket, "/certs", 2.0)
+                if status == 200:
+                    served_serials = served_certificate_serials(body.decode("utf-8", "replace"))
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
         missing = xds_serving(stats, wanted)
-        if not missing:
-            print(json.dumps({"serving": wanted}))
+        certificate_pending = bool(want_serial) and served_serials != {want_serial}
+        if not missing and not certificate_pending:
+            print(json.dumps({"serving": wanted, "certificate_serial": want_serial}))
             return 0
         if time.monotonic() >= deadline:
             break
@@ -590,6 +640,13 @@ def command_xds_status(args):
         print("Envoy does not serve the %s file's version %s (serving %r; %s.update_rejected=%s, update_failure=%s)"
               % (kind.upper(), version, served, prefix, stats.get(prefix + ".update_rejected", "?"),
                  stats.get(prefix + ".update_failure", "?")), file=sys.stderr)
+    if certificate_pending:
+        rotation_failed = {name: value for name, value in stats.items() if name.endswith("key_rotation_failed")}
+        print("Envoy does not serve the certificate %s (serial %s) but %s; it keeps the old one when the new "
+              "certificate and key do not belong together (%s)"
+              % (args.cert, want_serial, ", ".join(sorted(served_serials)) or "none",
+                 ", ".join("%s=%s" % item for item in sorted(rotation_failed.items())) or "no key_rotation_failed stat"),
+              file=sys.stderr)
     if reasons:
         print("Envoy said:\n" + reasons, file=sys.stderr)
     return 1
@@ -631,6 +688,7 @@ def build_parser():
     xds_status.add_argument("--admin-socket", required=True, help="Unix socket of Envoy's admin interface")
     xds_status.add_argument("--lds", help="LDS file whose version_info Envoy must serve")
     xds_status.add_argument("--cds", help="CDS file whose version_info Envoy must serve")
+    xds_status.add_argument("--cert", help="certificate (PEM) whose serial Envoy must serve (file-based SDS)")
     xds_status.add_argument("--unit", help="systemd unit whose journal holds Envoy's reasons")
     xds_status.add_argument("--timeout", type=float, default=15.0)
     xds_status.set_defaults(func=command_xds_status)

@@ -384,3 +384,26 @@ def test_validate_xds_reports_a_file_that_is_no_discovery_response(tmp_path, cap
     bad.write_text("not json")
     assert restarter.main(["validate-xds", "--envoy", "/nonexistent/envoy", "--lds", str(bad)]) == 1
     assert "hostmesh:" in capsys.readouterr().err
+
+
+def test_pem_serial_reads_the_serial_as_envoy_lists_it(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import datetime
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for serial in (0x0A1B2C, 0x43B10AE4BEF4D9049D241987DFB260AF230AA1D0):
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(key, hashes.SHA256()))
+        path = tmp_path / "cert.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        assert restarter.pem_serial(str(path)) == "%x" % serial
+    path.write_text("no certificate")
+    with pytest.raises(ValueError):
+        restarter.pem_serial(str(path))
+    certs = {"certificates": [{"cert_chain": [{"serial_number": "0a1b2c"}], "ca_cert": [{"serial_number": "ff"}]},
+                              {"cert_chain": [{"serial_number": "0A1B2C"}]}]}
+    assert restarter.served_certificate_serials(json.dumps(certs)) == {"a1b2c"}
