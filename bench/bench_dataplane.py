@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import sys
 import tempfile
@@ -128,6 +129,42 @@ asyncio.run(main())
 '''
 
 
+class BenchNetNS(harness.NetNS):
+    """A harness namespace named ``hmbench-<hex>``: told apart from the tests' ``hm-*`` ones on a shared machine.
+
+    The name stays short enough for the harness's veth names (``v-`` + name[3:], at most 15 bytes).
+    """
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self.name = "hmbench-" + secrets.token_hex(3)
+        self.path = os.path.join(harness.NETNS_DIR, self.name)
+        self._processes = []
+        self._closed = False
+        harness._run(["ip", "netns", "add", self.name])  # pylint: disable=protected-access
+        harness._live_namespaces[self.name] = self  # pylint: disable=protected-access
+        try:
+            harness._run(["ip", "-n", self.name, "link", "set", "lo", "up"])  # pylint: disable=protected-access
+        except Exception:
+            self.close()
+            raise
+
+
+class Namespaces:
+    """A netns factory for the test classes; close() removes every namespace it made."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self):
+        namespace = BenchNetNS()
+        self.made.append(namespace)
+        return namespace
+
+    def close(self):
+        for namespace in reversed(self.made):
+            namespace.close()
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     if not ordered:
@@ -146,11 +183,33 @@ def cpu_seconds(pids):
     return total / ticks
 
 
+def runqueue_wait_seconds(pid):
+    """Time the threads of ``pid`` spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat).
+
+    On a shared 2-vCPU machine this, not the work the proxy does, is where most added latency goes.
+    """
+    total = 0
+    for stat in pathlib.Path("/proc/%d/task" % pid).glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def steal_seconds():
+    """CPU time the hypervisor gave to other guests (/proc/stat steal), all CPUs."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = handle.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_mib(pid):
-    """VmRSS and its anonymous part (RssAnon) in MiB.
+    """VmRSS, its parts (RssAnon, RssFile) and smaps_rollup's Anonymous, in MiB.
 
     Most of Envoy's VmRSS is file-backed: the pages of its ~100 MiB binary that it touched,
     shared by all epochs and processes running the binary, and reclaimable page cache.
+    Anonymous (heap, stacks, private copies) is what each Envoy really costs the host.
     """
     values = {}
     with open("/proc/%d/status" % pid, encoding="ascii") as handle:
@@ -158,33 +217,76 @@ def memory_mib(pid):
             key, rest = (line.split(":", 1) + [""])[:2]
             if key in ("VmRSS", "RssAnon", "RssFile"):
                 values[key] = int(rest.split()[0]) / 1024.0
+    with open("/proc/%d/smaps_rollup" % pid, encoding="ascii") as handle:
+        for line in handle:
+            key, rest = (line.split(":", 1) + [""])[:2]
+            if key == "Anonymous":
+                values[key] = int(rest.split()[0]) / 1024.0
     return values
 
 
+def envoy_pid(sidecar):
+    """The pid of the Envoy epoch that serves under ``sidecar``'s supervisor."""
+    state = sidecar.state()
+    return state["envoy_pids"][str(state["serving_epoch"])]
+
+
 def envoy_pids(mesh):
-    return [sidecar.state()["envoy_pids"][str(sidecar.state()["serving_epoch"])] for sidecar in mesh.sidecars]
+    return [envoy_pid(sidecar) for sidecar in mesh.sidecars]
+
+
+def as_proxy_uid(argv):
+    """``argv`` run as the proxy uid: the caller's redirect lets its connections pass."""
+    return ["setpriv", "--reuid", str(lab.PROXY_UID), "--regid", str(lab.PROXY_GID), "--clear-groups"] + list(argv)
+
+
+def measure(namespace, address, port, kind, rate, duration, concurrency, bypass=False, pids=()):
+    """One load run from ``namespace`` to ``address:port``, and the CPU each of ``pids`` used meanwhile.
+
+    ``bypass``: the client runs as the proxy uid, so the caller's sidecar does not capture it.
+    Returns the row's figures; ``cpu_s`` and ``runqueue_wait_s`` list, for each pid in order, the CPU
+    seconds it used and the seconds its threads waited for a CPU; ``steal_s`` is the machine's steal time;
+    ``latencies`` (seconds) and ``elapsed`` are the raw figures, to pool runs.
+    """
+    argv = ["/usr/bin/python3", "-c", LOAD, address, str(port), kind, str(rate), str(duration), str(concurrency)]
+    if bypass:
+        argv = as_proxy_uid(argv)
+    cpu_before = [cpu_seconds([pid]) for pid in pids]
+    wait_before = [runqueue_wait_seconds(pid) for pid in pids]
+    steal_before = steal_seconds()
+    proc = namespace.run(argv, timeout=duration * 4 + 120)
+    cpu_used = [cpu_seconds([pid]) - before for pid, before in zip(pids, cpu_before)]
+    waited = [runqueue_wait_seconds(pid) - before for pid, before in zip(pids, wait_before)]
+    steal = steal_seconds() - steal_before
+    result = json.loads(proc.stdout)
+    latencies = result["latencies"]
+    return {
+        "kind": kind, "load": ("%d/s" % rate) if rate > 0 else "full x%d" % concurrency,
+        "requests": len(latencies), "errors": result["errors"], "rps": len(latencies) / result["elapsed"],
+        "p50": percentile(latencies, 0.50) * 1000, "p90": percentile(latencies, 0.90) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000, "cpu_s": cpu_used, "runqueue_wait_s": waited, "steal_s": steal,
+        "latencies": latencies, "elapsed": result["elapsed"],
+    }
+
+
+def tune_for_short_connections(host):
+    """A new connection per request to one destination uses two ports on the caller (the client's
+    and Envoy's upstream one, same 4-tuple space) and leaves a TIME_WAIT behind: with the default
+    28000-port range that caps the rate at a few hundred per second, for any REDIRECT sidecar.
+    Hosts that make many short connections tune this anyway."""
+    host.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])
+    host.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
 
 
 def run_load(mesh, path, kind, rate, duration, concurrency):
-    port = lab.WORKLOAD_PORT if path == "sidecars" else DIRECT_PORT
-    argv = ["/usr/bin/python3", "-c", LOAD, lab.ADDR_B, str(port), kind, str(rate), str(duration), str(concurrency)]
-    if path == "direct":
-        # As the proxy uid, A's rules let the connection pass; B never captures port 22.
-        argv = ["setpriv", "--reuid", str(lab.PROXY_UID), "--regid", str(lab.PROXY_GID), "--clear-groups"] + argv
-    pids = envoy_pids(mesh)
-    cpu_before = cpu_seconds(pids)
-    proc = mesh.host_a.run(argv, timeout=duration * 4 + 120)
-    cpu_used = cpu_seconds(pids) - cpu_before
-    result = json.loads(proc.stdout)
-    latencies = result["latencies"]
-    requests = len(latencies)
-    return {
-        "path": path, "kind": kind, "load": ("%d/s" % rate) if rate > 0 else "full x%d" % concurrency,
-        "requests": requests, "errors": result["errors"], "rps": requests / result["elapsed"],
-        "p50": percentile(latencies, 0.50) * 1000, "p90": percentile(latencies, 0.90) * 1000,
-        "p99": percentile(latencies, 0.99) * 1000,
-        "envoy_cpu_per_1000": (cpu_used / requests * 1000) if path == "sidecars" and requests else None,
-    }
+    # Direct: as the proxy uid, A's rules let the connection pass; B never captures port 22.
+    direct = path == "direct"
+    row = measure(mesh.host_a, lab.ADDR_B, DIRECT_PORT if direct else lab.WORKLOAD_PORT, kind, rate, duration,
+                  concurrency, bypass=direct, pids=envoy_pids(mesh))
+    del row["latencies"]
+    row["path"] = path
+    row["envoy_cpu_per_1000"] = (sum(row["cpu_s"]) / row["requests"] * 1000) if not direct and row["requests"] else None
+    return row
 
 
 def print_table(rows, idle_rss):
@@ -224,23 +326,12 @@ def main(argv=None):
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="hm-bench-"))
     workdir.chmod(0o755)
-    namespaces = []
-
-    def netns_factory():
-        namespace = harness.NetNS()
-        namespaces.append(namespace)
-        return namespace
-
-    mesh = lab.Mesh(netns_factory, workdir, "uid")
+    namespaces = Namespaces()
+    mesh = lab.Mesh(namespaces, workdir, "uid")
     try:
         mesh.start()
         for host in (mesh.host_a, mesh.host_b):
-            # A new connection per request to one destination uses two ports on A (the client's
-            # and Envoy's upstream one, same 4-tuple space) and leaves a TIME_WAIT behind: with
-            # the default 28000-port range that caps the rate at a few hundred per second, for
-            # any REDIRECT sidecar. Hosts that make many short connections tune this anyway.
-            host.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])
-            host.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+            tune_for_short_connections(host)
         mesh.host_b.popen(["/usr/bin/python3", "-c", ECHO_SERVER, str(DIRECT_PORT)])
         lab.wait_listening(mesh.host_b, DIRECT_PORT)
         # The echo workload replaces the test workload on 8080 (same port, through the sidecars).
@@ -259,11 +350,10 @@ def main(argv=None):
                     sys.stderr.write("%s\n" % json.dumps(row))
         print_table(rows, idle_rss)
         if args.json:
-            pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "idle_rss_mib": idle_rss}, indent=1))
+            pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "idle_rss_mib": idle_rss}, indent=1), encoding="utf-8")
     finally:
         mesh.close()
-        for namespace in namespaces:
-            namespace.close()
+        namespaces.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
