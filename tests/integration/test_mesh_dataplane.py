@@ -525,3 +525,44 @@ def test_a_broken_certificate_key_pair_keeps_the_old_certificate_and_is_reported
     assert served == {old_serial}
     # The old certificate keeps serving the mesh.
     assert mesh.call(ADDR["bravo"], 8080, count=3)["ok"] == 3
+
+
+def test_rotation_and_ca_rollover_under_load_drop_nothing(mesh):
+    """Both members renew, then the CA rolls over in three phases, while traffic flows both ways."""
+    echo_alpha = mesh.ns["alpha"].popen(["python3", "-c", ECHO, "alpha", "8080"])
+    wait_listening(mesh.ns["alpha"], 8080)
+    loads = [mesh.ns[caller].popen(["python3", "-c", CLIENT, ADDR[target], "8080", "4000", "load"],
+                                   stdout=subprocess.PIPE, text=True)
+             for caller, target in (("alpha", "bravo"), ("bravo", "alpha"))]
+    new_ca = mesh_pki.CA(TRUST_DOMAIN, name="hostmesh test CA 2")
+    updates = "listener.inbound.server_ssl_socket_factory.ssl_context_update_by_sds"
+
+    def install_everywhere(ca, bundle_pem):
+        for name in ("alpha", "bravo"):
+            before = mesh.sidecars[name].stats()[updates]
+            mesh.identities[name].install(*ca.issue(mesh_pki.spiffe_id(TRUST_DOMAIN, name)), bundle_pem)
+            deadline = time.monotonic() + 10
+            while mesh.sidecars[name].stats()[updates] <= before:
+                assert time.monotonic() < deadline, "%s did not take up the new files" % name
+                time.sleep(0.1)
+        time.sleep(1)
+
+    time.sleep(1)
+    install_everywhere(mesh.ca, mesh.ca.pem)                      # rotation
+    install_everywhere(mesh.ca, mesh.ca.pem + new_ca.pem)         # rollover 1: trust both CAs
+    install_everywhere(new_ca, mesh.ca.pem + new_ca.pem)          # rollover 2: certificates of the new CA
+    install_everywhere(new_ca, new_ca.pem)                        # rollover 3: drop the old CA
+    # The load spanned every step.
+    assert [load.poll() for load in loads] == [None, None], "the load ended before the rollover did"
+    results = [json.loads(load.communicate(timeout=600)[0]) for load in loads]
+    echo_alpha.kill()
+    echo_alpha.wait()
+
+    assert sum(result["ok"] for result in results) >= 2000, results
+    assert [result["failed"] for result in results] == [0, 0], results
+    # After the drop, a certificate of the old CA is refused.
+    before = mesh.sidecars["bravo"].stats()
+    old = mesh.tls_probe(8080, *mesh.ca.issue(mesh_pki.spiffe_id(TRUST_DOMAIN, "alpha")))
+    assert old["reply"] == "", old
+    assert delta(mesh.sidecars["bravo"].stats(), before, "listener.inbound.ssl.fail_verify_error") == 1
+    assert mesh.sidecars["bravo"].stats()["server.hot_restart_epoch"] == 0
