@@ -158,6 +158,7 @@ def inventory(workdir, roots, admin_sockets, extra_hosts=(), bravo_ports=None):
         "envoy_sidecar_group": "nogroup",
         "envoy_sidecar_manage_service": False,
         "envoy_sidecar_bypass": "uid",
+        "envoy_sidecar_prometheus_port": 15090,
     }}}}}
     path = workdir / "mesh-inventory.json"
     path.write_text(json.dumps(data))
@@ -566,3 +567,24 @@ def test_rotation_and_ca_rollover_under_load_drop_nothing(mesh):
     assert old["reply"] == "", old
     assert delta(mesh.sidecars["bravo"].stats(), before, "listener.inbound.ssl.fail_verify_error") == 1
     assert mesh.sidecars["bravo"].stats()["server.hot_restart_epoch"] == 0
+
+
+def test_prometheus_names_peers_services_and_certificate_expiry(mesh):
+    assert mesh.call(ADDR["bravo"], 8080, count=2)["ok"] == 2
+    assert mesh.call(SERVICE_VIP, 8080, count=2)["ok"] == 2
+    text = mesh.ns["alpha"].run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15090/stats/prometheus"]).stdout
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    # Per peer and per service: the cluster and the filter chain's stat prefix become labels.
+    assert samples['envoy_cluster_ssl_handshake{envoy_cluster_name="mesh_bravo"}'] >= 2
+    assert samples['envoy_cluster_ssl_handshake{envoy_cluster_name="service_echo"}'] >= 2
+    assert samples['envoy_tcp_downstream_cx_total{envoy_tcp_prefix="outbound_mesh_bravo"}'] >= 2
+    assert samples['envoy_tcp_downstream_cx_total{envoy_tcp_prefix="outbound_service_echo"}'] >= 2
+    # Certificate expiry: the host's certificate expires in about 7 days (mesh_pki's lifetime).
+    expiry = samples['envoy_cluster_ssl_certificate_expiration_unix_time_seconds{envoy_tls_certificate="mesh_cert",'
+                     'envoy_cluster_name="mesh_bravo"}']
+    assert 6 * 86400 < expiry - time.time() <= 7 * 86400
+    assert 5 <= samples["envoy_server_days_until_first_cert_expiring{}"] <= 7
