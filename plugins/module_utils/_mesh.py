@@ -104,6 +104,7 @@ SIDECAR_PORTS = (
 # The host variables the model reads; the filter copies exactly these out of Ansible's lazy hostvars.
 MEMBER_VARS = (
     "hostmesh_mesh", "hostmesh_mesh_address", "ansible_host", "hostmesh_mesh_mode", "hostmesh_workload_ports",
+    "envoy_sidecar_dynamic_resources",
 ) + tuple(name for names, _default in SIDECAR_PORTS for name in names)
 MESH_VARS = (
     "hostmesh_mesh_group", "hostmesh_trust_domain", "hostmesh_mesh_domain", "hostmesh_mesh_services",
@@ -273,6 +274,12 @@ def _workload_ports(name, host_vars, groups, known_hosts, members, problems) -> 
         problems.add("hostmesh_mesh_mode", name, "must be one of: " + ", ".join(MODES), host_mode)
         host_mode = DEFAULT_MODE
     own_ports = _sidecar_ports(name, host_vars, problems)
+    if host_vars.get("envoy_sidecar_dynamic_resources"):
+        # Envoy has one dynamic_resources: on a member it is the mesh's file-based LDS and CDS.
+        problems.add("envoy_sidecar_dynamic_resources", name, "cannot be set on a mesh member: its listeners and "
+                     "clusters are the mesh's file-based LDS and CDS; use envoy_sidecar_extra_clusters or "
+                     "envoy_sidecar_extra_listeners, or take the host out of the mesh",
+                     host_vars.get("envoy_sidecar_dynamic_resources"))
     entries = _get(host_vars, "hostmesh_workload_ports", [])
     if not isinstance(entries, list):
         problems.add("hostmesh_workload_ports", name, "must be a list of {port, ...} entries", entries)

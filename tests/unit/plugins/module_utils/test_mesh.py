@@ -484,3 +484,13 @@ def test_a_peer_problem_fails_every_member_so_no_host_gets_half_a_mesh():
     hostvars["gamma"]["hostmesh_workload_ports"] = [{"port": 15006}]
     for host in ("alpha", "beta", "gamma"):
         assert problem(hostvars, groups, host).startswith("hostmesh_workload_ports[0].port 15006 on gamma: ")
+
+
+def test_a_member_cannot_bring_dynamic_resources_of_its_own():
+    hostvars, groups = inventory()
+    hostvars["beta"]["envoy_sidecar_dynamic_resources"] = {"ads_config": {"api_type": "GRPC"}}
+    with pytest.raises(MeshError) as error:
+        mesh_model(hostvars, groups, "alpha")
+    assert "envoy_sidecar_dynamic_resources" in str(error.value) and "on beta" in str(error.value)
+    hostvars["beta"]["envoy_sidecar_dynamic_resources"] = {}
+    assert mesh_model(hostvars, groups, "alpha")["member"]
