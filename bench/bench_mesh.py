@@ -32,7 +32,9 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,11 +175,39 @@ def repetition(args, workdir, number):
             if kind not in args.kinds:
                 continue
             rows += run_interleaved(hosts, kind, rate, duration, args.concurrency, args.slices)
-        return {"idle": idle, "clusters": clusters, "rows": rows, "errors": sum(row["errors"] for row in rows)}
+        profile = profile_envoys(hosts, run_dir, args) if args.profile and number == args.repeat - 1 else None
+        return {"idle": idle, "clusters": clusters, "rows": rows, "errors": sum(row["errors"] for row in rows),
+                "profile": profile}
     finally:
         if hosts is not None:
             hosts.close()
         namespaces.close()
+
+
+def profile_envoys(hosts, run_dir, args):
+    """Where both Envoys' CPU goes under --profile (keepalive or connection) load on the mtls path: perf's top symbols."""
+    kind = args.profile
+    rate = args.rate if kind == "keepalive" else 0
+    data = run_dir / "perf.data"
+    recorder = subprocess.Popen(  # pylint: disable=consider-using-with
+        ["perf", "record", "-q", "-F", "999", "-g", "-o", str(data), "-p", ",".join(str(pid) for pid in hosts.pids())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        row = dataplane.measure(hosts.ns["alpha"], meshlab.ADDR["bravo"], MTLS_PORT, kind, rate, args.duration / 2,
+                                args.concurrency, pids=hosts.pids())
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=120)
+    # The Envoy release binary is stripped: its own time shows as one shared object (BoringSSL is
+    # linked in), so split by shared object, then the kernel's part by symbol.
+    top = []
+    for sort, extra in (("dso", []), ("symbol", ["--dsos", "[kernel.kallsyms]"])):
+        report_text = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort, "-g", "none",
+             "--percent-limit", "1"] + extra, capture_output=True, text=True, check=False, timeout=600).stdout
+        top += [line.rstrip() for line in report_text.splitlines() if line.strip() and not line.startswith("#")][:15]
+    return {"kind": kind, "rps": row["requests"] / row["elapsed"], "top": top}
 
 
 def median(values):
@@ -250,6 +280,13 @@ def report(runs, args, loads):
     during = [row["load_avg"] for run in runs for row in run["rows"]] or [float("nan")]
     print("Idle Envoy heap (admin /memory), caller / callee: allocated %s / %s MiB, tcmalloc heap %s / %s MiB." % tuple(
         spread([run["idle"][side][key] for run in runs], "%.1f") for key in ("allocated", "heap_size") for side in (0, 1)))
+    for run in runs:
+        if run.get("profile"):
+            profile = run["profile"]
+            print()
+            print("perf profile of both Envoys, %s load on the mtls path (%.0f req/s): self time by shared object, then"
+                  " the kernel's by symbol (share of all samples):" % (profile["kind"], profile["rps"]))
+            print("\n".join(profile["top"]))
     print("Clusters in alpha's Envoy: %s. Load average (1 min) before each repetition: %s; during the runs: %.2f to %.2f;"
           " steal %.2f s." % (", ".join(str(run["clusters"]) for run in runs), ", ".join("%.2f" % load for load in loads),
                               min(during), max(during), sum(row["steal_s"] for run in runs for row in run["rows"])))
@@ -271,6 +308,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="VAR=JSON",
                         help="a role variable for both sidecars, to find where time goes (envoy_sidecar_concurrency=1,"
                              " envoy_sidecar_access_log=false); repeatable")
+    parser.add_argument("--profile", choices=("keepalive", "connection"),
+                        help="after the last repetition, record both Envoys with perf under this load (full rate for"
+                             " connection) on the mtls path and print the top symbols")
     parser.add_argument("--json", help="also write every repetition's figures to this file")
     args = parser.parse_args(argv)
     args.kinds = [kind for kind in args.kinds.split(",") if kind]
