@@ -16,13 +16,14 @@ forgets an idle destination after a few seconds. Each call remembers its local
 address, which is the caller sidecar's access log key for the connection (its
 ``downstream``); the callee's line of the same connection is the first one after
 it from the caller's address to that destination (the hosts share one clock).
-Exit status 0 when every check passed. Everything but ``on_host`` and ``main``
-is pure.
+Exit status 0 when every check passed. Everything but ``on_host``, ``on_hosts``
+and ``main`` is pure.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import shlex
@@ -486,6 +487,13 @@ def on_host(state: dict, host: str, calls: list, log_since=None) -> dict:
     return json.loads(proc.stdout)
 
 
+def on_hosts(state: dict, jobs: dict, log_since=None) -> dict:
+    """on_host on several hosts at once ({host: calls}): one phase of the demo, every host's part in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {host: pool.submit(on_host, state, host, calls, log_since) for host, calls in jobs.items()}
+        return {host: future.result() for host, future in futures.items()}
+
+
 def host_list(text: str) -> list:
     return [item for item in text.split(",") if item]
 
@@ -519,13 +527,16 @@ def main(argv: list[str]) -> int:
     stats_delta = envoy_stats_filters()[1]
     log_since = int(time.time()) - 1  # journalctl --since takes whole seconds
 
-    before = {host: on_host(state, host, []) for host in hosts}
-    runs = {caller: on_host(state, caller, calls) for caller, calls
-            in plan_calls(hosts, setup["address"], args.port, args.excluded_port, args.calls_per_pair).items()}
-    after = {host: on_host(state, host, []) for host in hosts}
+    # Phases, each on every host at once: the counters before; every host's calls (callers' calls run side by
+    # side: a callee tells their connections apart by the caller's address); the counters after; the calls by
+    # service name; the access logs once Envoy has written them out.
+    nothing = {host: [] for host in hosts}
+    before = on_hosts(state, nothing)
+    runs = on_hosts(state, plan_calls(hosts, setup["address"], args.port, args.excluded_port, args.calls_per_pair))
+    after = on_hosts(state, nothing)
     service_run = on_host(state, args.service_caller, plan_service_calls(service, args.port, args.service_calls))
     time.sleep(LOG_FLUSH_WAIT)
-    final = {host: on_host(state, host, [], log_since=log_since) for host in hosts}
+    final = on_hosts(state, nothing, log_since=log_since)
     report = Report(setup, before, runs, after, service_run, final, stats_delta)
     print(report.text())
     return 0 if all(passed for _text, passed in report.checks()) else 1
