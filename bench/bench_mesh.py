@@ -243,7 +243,8 @@ def report(runs, args, loads):
                                      median([r["runqueue_wait_ms_per_req"][1] for r in rows]))
             per_k = [[(r["handshakes"][side] / max(r["requests"], 1) * 1000, r["resumed"][side] / max(r["requests"], 1) * 1000)
                       for r in rows] for side in (0, 1)]
-            handshakes = " / ".join("%.0f (%.0f)" % (median([h for h, _ in side]), median([s for _, s in side])) for side in per_k)
+            handshakes = " / ".join("%.0f (%.0f)" % (median([full for full, _resumed in side]), median([resumed for _full, resumed in side]))
+                                    for side in per_k)
         print("| %s | %s | %s | %s | %d | %.3f | %.3f | %.3f | %s | %s | %s | %s |" % (
             kind, load, path, spread([r["rps"] for r in rows], "%.0f"), sum(r["errors"] for r in rows),
             median([r["p50"] for r in rows]), median([r["p90"] for r in rows]), median([r["p99"] for r in rows]),
