@@ -34,6 +34,9 @@ IMAGE_PACKAGES = (
     "python3",
     "python3-apt",
     "python3-cryptography",  # mesh_identity: the host key and CSR (community.crypto)
+    # debootstrap does not resolve virtual packages: python3-cryptography needs
+    # python3-cffi-backend-api-min/-max, which only python3-cffi-backend provides.
+    "python3-cffi-backend",
     "openssh-server",
     "procps",
     "ca-certificates",
