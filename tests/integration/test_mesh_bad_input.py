@@ -118,8 +118,8 @@ def test_bad_mesh_input_names_the_variable_and_changes_nothing(case, workdir, ne
     # A mistake in the model fails both members at the probe; one about the CA (checked once, on
     # the controller) ends the play for both: neither host got to a task of the converge's roles.
     ran = [record["task"]["name"] for play in result.plays for record in play.get("tasks", [])]
-    assert not [name for name in ran if name.startswith(("hostmesh.sidecar.transparent_proxy :",
-                                                          "hostmesh.sidecar.envoy_sidecar :"))], ran
+    converge_roles = ("hostmesh.sidecar.transparent_proxy :", "hostmesh.sidecar.envoy_sidecar :")
+    assert not [name for name in ran if name.startswith(converge_roles)], ran
     assert result.changed_tasks() == [], result.changed_tasks()
     assert host_state(netns, etc_overlay) == before
     ca_after = sorted(os.listdir(workdir / "ca")) if (workdir / "ca").exists() else None

@@ -576,7 +576,7 @@ def test_prometheus_names_peers_services_and_certificate_expiry(mesh):
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
+            name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     # Per peer and per service: the cluster and the filter chain's stat prefix become labels.
     assert samples['envoy_cluster_ssl_handshake{envoy_cluster_name="mesh_bravo"}'] >= 2
