@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -42,6 +43,9 @@ SUBNET = "10.84.0.0/24"
 HOSTS = ["alpha", "bravo"]
 ENVOY = ROOT / ".cache" / "envoy" / "envoy"
 ENVOY_VERSION = "1.40.0"
+# galaxy.yml's dependency, as ./scripts/setup.sh caches it: on an AWX node the execution
+# environment brings it (docs/awx.md); Galaxy is out of reach here.
+CACHED_CRYPTO = ROOT / ".cache" / "collections" / "ansible_collections" / "community" / "crypto"
 WORKLOAD_PORT = 8080
 JOB_TIMEOUT = 420
 # The project a user points AWX at: small playbooks that import the collection's.
@@ -98,6 +102,10 @@ def make_node(base: Path, name: str, tarball_path: Path, inventory: dict) -> Pat
         "transparent_proxy_inbound_exclude_ports": [22, 9999],
         "transparent_proxy_outbound_exclude_ports": [9999],
     }), encoding="utf-8")
+    if not (CACHED_CRYPTO / "MANIFEST.json").is_file():
+        pytest.fail(f"community.crypto is not in {CACHED_CRYPTO}: run ./scripts/setup.sh")
+    # Installed first, ansible-galaxy takes it as the dependency is and asks no Galaxy server.
+    shutil.copytree(CACHED_CRYPTO, node / "collections" / "ansible_collections" / "community" / "crypto")
     proc = subprocess.run([harness.venv_tool("ansible-galaxy"), "collection", "install", str(tarball_path),
                            "--collections-path", str(node / "collections")],
                           capture_output=True, text=True, timeout=120, check=False,
