@@ -38,6 +38,8 @@ APT_PACKAGES=(
     iptables iproute2 nftables
     debootstrap systemd-container
     openssh-server openssh-client curl
+    # The mesh CA's tasks run on the controller (delegate_to localhost) with /usr/bin/python3.
+    python3-cryptography
     shellcheck
 )
 missing=()
