@@ -468,20 +468,27 @@ def command_reload(args):
     return 1
 
 
+def envoy_validate(envoy, name, content):
+    """``envoy --mode validate`` on ``content`` (bytes) written to a throwaway file ``name``: its
+    extension tells Envoy how to parse it. Envoy's exit status."""
+    workdir = tempfile.mkdtemp(prefix="hostmesh-envoy-validate-")
+    try:
+        target = os.path.join(workdir, name)
+        with open(target, "wb") as handle:
+            handle.write(content)
+        return subprocess.call([envoy, "--mode", "validate", "--log-level", "error", "-c", target])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def command_validate(args):
     """Run ``envoy --mode validate`` on CONFIG, whatever its file name.
 
     Ansible validates a template on a temporary file without an extension, which Envoy would parse
     as JSON; a copy with the .yaml extension is validated instead.
     """
-    workdir = tempfile.mkdtemp(prefix="hostmesh-envoy-validate-")
-    try:
-        target = os.path.join(workdir, "bootstrap.yaml")
-        shutil.copyfile(args.config, target)
-        argv = [args.envoy, "--mode", "validate", "--log-level", "error", "-c", target]
-        return subprocess.call(argv)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with open(args.config, "rb") as handle:
+        return envoy_validate(args.envoy, "bootstrap.yaml", handle.read())
 
 
 def xds_resources(path):
@@ -520,15 +527,8 @@ def command_validate_xds(args):
     except (OSError, ValueError) as exc:
         print("hostmesh: %s" % exc, file=sys.stderr)
         return 1
-    workdir = tempfile.mkdtemp(prefix="hostmesh-envoy-validate-")
-    try:
-        target = os.path.join(workdir, "validate.json")
-        with open(target, "w", encoding="utf-8") as handle:
-            json.dump(xds_validation_bootstrap(listeners, clusters), handle)
-        argv = [args.envoy, "--mode", "validate", "--log-level", "error", "-c", target]
-        return subprocess.call(argv)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return envoy_validate(args.envoy, "validate.json",
+                          json.dumps(xds_validation_bootstrap(listeners, clusters)).encode("utf-8"))
 
 
 def xds_file_version(path):
